@@ -1,0 +1,182 @@
+//! The `bert` model component: BERT for masked LM, loaded from a Hugging Face
+//! directory or initialised from a config, and exported back in that format.
+
+pub mod config;
+pub mod model;
+pub mod weights;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use tch::nn::VarStore;
+use tch::Tensor;
+
+use runner_api::{
+    parse_options, Component, Factory, MlmBatch, MlmModel, MlmOutput, ModelSource, ParamDoc, Parameter,
+    Registrar,
+};
+
+pub use config::BertConfig;
+pub use model::BertForMaskedLm;
+
+/// `model.options` in a recipe.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BertOptions {
+    /// Architecture preset for random initialisation (`bert-base`, ...).
+    preset: Option<String>,
+    /// Overrides of `config.json` fields (dropout, sizes, ...).
+    #[serde(default)]
+    config: serde_yaml::Mapping,
+}
+
+/// A BERT masked LM with its weights.
+pub struct Bert {
+    pub config: BertConfig,
+    /// The source `config.json`, kept so an export preserves its extra keys.
+    source_config: Option<serde_json::Value>,
+    vs: VarStore,
+    model: BertForMaskedLm,
+}
+
+impl Bert {
+    /// Random initialisation from a config, the way transformers does it.
+    pub fn from_config(config: BertConfig, device: tch::Device) -> Self {
+        let vs = VarStore::new(device);
+        let model = BertForMaskedLm::new(&vs.root(), &config);
+        Bert { config, source_config: None, vs, model }
+    }
+
+    /// Loads `config.json` + `model.safetensors` from a Hugging Face directory,
+    /// with `overrides` applied to the config. Tensors the checkpoint lacks (a
+    /// missing MLM head) keep their fresh initialisation and are logged.
+    pub fn from_pretrained(dir: &Path, overrides: &serde_yaml::Mapping, device: tch::Device) -> Result<Self> {
+        let (config, raw) = BertConfig::from_file(&dir.join("config.json"))?;
+        let config = config.with_overrides(overrides)?;
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            anyhow::bail!("{}: no model.safetensors in this model directory", dir.display());
+        }
+        let mut bert = Bert::from_config(config, device);
+        bert.source_config = Some(raw);
+        let report = weights::load_into(&bert.vs.variables(), &weights)?;
+        if !report.newly_initialized.is_empty() {
+            tracing::warn!(
+                "{} tensors not in {} were newly initialised: {}",
+                report.newly_initialized.len(),
+                weights.display(),
+                report.newly_initialized.join(", ")
+            );
+        }
+        if !report.unused.is_empty() {
+            tracing::info!("unused tensors in {}: {}", weights.display(), report.unused.join(", "));
+        }
+        Ok(bert)
+    }
+}
+
+impl MlmModel for Bert {
+    fn forward_mlm(&self, batch: &MlmBatch, train: bool) -> Result<MlmOutput> {
+        let (loss, logits, labels) =
+            self.model.masked_lm(&batch.input_ids, &batch.attention_mask, &batch.labels, train)?;
+        Ok(MlmOutput { loss, logits, labels })
+    }
+
+    fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        Ok(self.model.logits(input_ids, attention_mask, false))
+    }
+
+    fn parameters(&self) -> Vec<Parameter> {
+        let mut vars: Vec<Parameter> = Vec::new();
+        let named = self.vs.variables();
+        let no_decay = no_decay_set(&self.vs);
+        let mut names: Vec<&String> = named.keys().collect();
+        names.sort();
+        for name in names {
+            vars.push(Parameter {
+                name: name.clone(),
+                tensor: named[name].shallow_clone(),
+                decay: !no_decay.contains(name.as_str()),
+            });
+        }
+        vars
+    }
+
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let named = self.vs.variables();
+        let mut tensors: Vec<(String, Tensor)> =
+            named.into_iter().map(|(n, t)| (n, t.detach())).collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        weights::write(&tensors, &dir.join("model.safetensors"))?;
+        let cfg = self.config.to_hf_json(self.source_config.as_ref());
+        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)? + "\n")
+            .with_context(|| format!("cannot write {}", dir.join("config.json").display()))?;
+        Ok(())
+    }
+
+    fn device(&self) -> tch::Device {
+        self.vs.device()
+    }
+
+    fn vocab_size(&self) -> i64 {
+        self.config.vocab_size
+    }
+
+    fn max_positions(&self) -> i64 {
+        self.config.max_position_embeddings
+    }
+}
+
+/// Names of the variables created in the no-decay group.
+fn no_decay_set(vs: &VarStore) -> std::collections::HashSet<String> {
+    // tch records the group of each trainable variable; names come from the
+    // variable map. Both refer to the same storage, so match on data pointers.
+    let named = vs.variables();
+    let inner = vs.variables_.lock().expect("var store lock");
+    let no_decay_ptrs: std::collections::HashSet<usize> = inner
+        .trainable_variables
+        .iter()
+        .filter(|v| v.group == model::NO_DECAY)
+        .map(|v| v.tensor.data_ptr() as usize)
+        .collect();
+    named
+        .iter()
+        .filter(|(_, t)| no_decay_ptrs.contains(&(t.data_ptr() as usize)))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+fn check_options(options: &runner_api::Options) -> Result<()> {
+    let opts: BertOptions = parse_options(options)?;
+    let base = BertConfig::preset(opts.preset.as_deref().unwrap_or("bert-base"))?;
+    base.with_overrides(&opts.config).map(|_| ())
+}
+
+fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
+    let opts: BertOptions = parse_options(source.options)?;
+    let bert = match (source.checkpoint, &opts.preset) {
+        (Some(dir), None) => Bert::from_pretrained(dir, &opts.config, source.device)?,
+        (None, preset) => {
+            let base = BertConfig::preset(preset.as_deref().unwrap_or("bert-base"))?;
+            Bert::from_config(base.with_overrides(&opts.config)?, source.device)
+        }
+        (Some(_), Some(_)) => anyhow::bail!("preset: give either a checkpoint or a preset, not both"),
+    };
+    Ok(Box::new(bert))
+}
+
+/// Registers this plugin's components.
+pub fn register(r: &mut Registrar) {
+    r.add(Component {
+        name: "bert",
+        doc: "BERT for masked LM (Hugging Face layout); from a checkpoint directory or a preset",
+        params: vec![
+            ParamDoc { name: "preset", default: "bert-base", doc: "architecture for random init: bert-tiny, bert-small, bert-medium, minilm-l6, bert-base, bert-large" },
+            ParamDoc { name: "config", default: "{}", doc: "overrides of config.json fields, e.g. {hidden_dropout_prob: 0.0}" },
+        ],
+        check: check_options,
+        factory: Factory::Model(build),
+    });
+}

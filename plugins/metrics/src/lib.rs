@@ -1,0 +1,171 @@
+//! Eval metrics over masked positions: `loss` (mean cross-entropy, reported as
+//! `eval_loss`), `perplexity` (exp of that mean), `accuracy` (top-1) and
+//! `top5_accuracy`. Each sums over every masked token of the eval pass, so the
+//! result does not depend on how the tokens were batched.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use tch::{Kind, Reduction, Tensor};
+
+use runner_api::{no_options, Component, Factory, Metric, MlmOutput, Options, Registrar, IGNORE_INDEX};
+
+/// Summed cross-entropy and token count over an eval pass.
+#[derive(Debug, Default)]
+struct CrossEntropySum {
+    total: f64,
+    tokens: i64,
+}
+
+impl CrossEntropySum {
+    fn update(&mut self, out: &MlmOutput) -> Result<()> {
+        let n = out.labels.numel() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        let sum = out.logits.f_to_kind(Kind::Float)?.f_cross_entropy_loss::<Tensor>(
+            &out.labels,
+            None,
+            Reduction::Sum,
+            IGNORE_INDEX,
+            0.0,
+        )?;
+        self.total += sum.f_double_value(&[])?;
+        self.tokens += n;
+        Ok(())
+    }
+
+    fn mean(&self) -> f64 {
+        if self.tokens == 0 {
+            f64::NAN
+        } else {
+            self.total / self.tokens as f64
+        }
+    }
+}
+
+/// Mean masked-token cross-entropy (`eval_loss`) or its exponential (`perplexity`).
+#[derive(Debug, Default)]
+struct LossMetric {
+    sum: CrossEntropySum,
+    exponentiate: bool,
+}
+
+impl Metric for LossMetric {
+    fn reset(&mut self) {
+        self.sum = CrossEntropySum::default();
+    }
+    fn update(&mut self, out: &MlmOutput) -> Result<()> {
+        self.sum.update(out)
+    }
+    fn compute(&self) -> BTreeMap<String, f64> {
+        let mean = self.sum.mean();
+        if self.exponentiate {
+            BTreeMap::from([("perplexity".to_string(), mean.exp())])
+        } else {
+            BTreeMap::from([("eval_loss".to_string(), mean)])
+        }
+    }
+}
+
+/// Share of masked tokens whose label is among the model's top `k` predictions.
+#[derive(Debug)]
+struct TopKAccuracy {
+    k: i64,
+    hits: i64,
+    tokens: i64,
+}
+
+impl Metric for TopKAccuracy {
+    fn reset(&mut self) {
+        self.hits = 0;
+        self.tokens = 0;
+    }
+    fn update(&mut self, out: &MlmOutput) -> Result<()> {
+        let n = out.labels.numel() as i64;
+        if n == 0 {
+            return Ok(());
+        }
+        let (_, top) = out.logits.f_topk(self.k, -1, true, true)?; // (N, k)
+        let hits = top.f_eq_tensor(&out.labels.unsqueeze(1))?.f_any_dim(1, false)?.f_sum(Kind::Int64)?;
+        self.hits += hits.f_int64_value(&[])?;
+        self.tokens += n;
+        Ok(())
+    }
+    fn compute(&self) -> BTreeMap<String, f64> {
+        let name = if self.k == 1 { "accuracy".to_string() } else { format!("top{}_accuracy", self.k) };
+        let v = if self.tokens == 0 { f64::NAN } else { self.hits as f64 / self.tokens as f64 };
+        BTreeMap::from([(name, v)])
+    }
+}
+
+
+fn build_loss(o: &Options) -> Result<Box<dyn Metric>> {
+    no_options(o)?;
+    Ok(Box::new(LossMetric::default()))
+}
+
+fn build_perplexity(o: &Options) -> Result<Box<dyn Metric>> {
+    no_options(o)?;
+    Ok(Box::new(LossMetric { exponentiate: true, ..Default::default() }))
+}
+
+fn build_accuracy(o: &Options) -> Result<Box<dyn Metric>> {
+    no_options(o)?;
+    Ok(Box::new(TopKAccuracy { k: 1, hits: 0, tokens: 0 }))
+}
+
+fn build_top5(o: &Options) -> Result<Box<dyn Metric>> {
+    no_options(o)?;
+    Ok(Box::new(TopKAccuracy { k: 5, hits: 0, tokens: 0 }))
+}
+
+/// Registers this plugin's components.
+pub fn register(r: &mut Registrar) {
+    let metric = |name, doc, f| Component { name, doc, params: vec![], check: no_options, factory: Factory::Metric(f) };
+    r.add(metric("loss", "eval_loss: mean cross-entropy over all masked eval tokens", build_loss));
+    r.add(metric("perplexity", "perplexity: exp(eval_loss)", build_perplexity));
+    r.add(metric("accuracy", "accuracy: share of masked tokens predicted exactly (top-1)", build_accuracy));
+    r.add(metric("top5_accuracy", "top5_accuracy: share of masked tokens within the top 5", build_top5));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(logits: &[f32], labels: &[i64], v: i64) -> MlmOutput {
+        let n = labels.len() as i64;
+        MlmOutput {
+            loss: Tensor::from(0f32),
+            logits: Tensor::from_slice(logits).view([n, v]),
+            labels: Tensor::from_slice(labels),
+        }
+    }
+
+    #[test]
+    fn loss_is_token_weighted_across_batches() {
+        // Batch 1: one token, uniform over 4 -> CE ln 4. Batch 2: three tokens, each certain-ish.
+        let mut m = LossMetric::default();
+        m.update(&output(&[0.0; 4], &[2], 4)).unwrap();
+        let big = [20.0f32, 0.0, 0.0, 0.0];
+        let logits: Vec<f32> = big.iter().chain(big.iter()).chain(big.iter()).copied().collect();
+        m.update(&output(&logits, &[0, 0, 0], 4)).unwrap();
+        let ce_sure = -(20f64.exp() / (20f64.exp() + 3.0)).ln();
+        let expect = ((4f64).ln() + 3.0 * ce_sure) / 4.0;
+        assert!((m.compute()["eval_loss"] - expect).abs() < 1e-6);
+        let mut p = LossMetric { exponentiate: true, ..Default::default() };
+        p.update(&output(&[0.0; 4], &[2], 4)).unwrap();
+        assert!((p.compute()["perplexity"] - 4.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn top_k_accuracy_counts_hits() {
+        let logits = [0.9f32, 0.5, 0.1, 0.0, /* row 2 */ 0.1, 0.2, 0.3, 0.9];
+        let mut a1 = TopKAccuracy { k: 1, hits: 0, tokens: 0 };
+        a1.update(&output(&logits, &[0, 2], 4)).unwrap();
+        assert_eq!(a1.compute()["accuracy"], 0.5);
+        let mut a2 = TopKAccuracy { k: 2, hits: 0, tokens: 0 };
+        a2.update(&output(&logits, &[1, 2], 4)).unwrap();
+        assert_eq!(a2.compute()["top2_accuracy"], 1.0);
+    }
+}

@@ -1,0 +1,292 @@
+//! The component contract shared by the runner and every plugin.
+//!
+//! A recipe composes four kinds of components, each looked up by name in a
+//! [`Registrar`]: a [`Dataset`] reads documents, a [`Masker`] chooses what the
+//! model must predict, an [`MlmModel`] predicts it, and a [`Metric`] scores the
+//! predictions at eval time. Plugins see only this crate; the runner's internals
+//! stay private to it.
+//!
+//! Component parameters arrive as the YAML mapping found under `options:` in
+//! the recipe; [`parse_options`] turns them into a plugin's own typed struct and
+//! names the offending key on error.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::de::DeserializeOwned;
+
+pub use rand::RngCore;
+pub use tch;
+
+/// Label value for positions that carry no loss (the PyTorch/transformers convention).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// The four kinds of components a recipe composes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ComponentKind {
+    Dataset,
+    Masker,
+    Model,
+    Metric,
+}
+
+impl ComponentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentKind::Dataset => "dataset",
+            ComponentKind::Masker => "masking",
+            ComponentKind::Model => "model",
+            ComponentKind::Metric => "metric",
+        }
+    }
+}
+
+impl std::fmt::Display for ComponentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One documented parameter of a component, shown by `runner plugins` and
+/// used by `runner validate`.
+#[derive(Debug, Clone)]
+pub struct ParamDoc {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+/// Component parameters as written in the recipe (`options:` mapping).
+pub type Options = serde_yaml::Mapping;
+
+/// Deserializes a component's options into its typed parameter struct.
+///
+/// The error names the key path inside `options`, e.g. `span.max_len: invalid type`.
+pub fn parse_options<T: DeserializeOwned>(options: &Options) -> Result<T> {
+    let value = serde_yaml::Value::Mapping(options.clone());
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            anyhow::anyhow!("{}", e.inner())
+        } else {
+            anyhow::anyhow!("{path}: {}", e.inner())
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Datasets
+// ---------------------------------------------------------------------------
+
+/// A document: its non-empty lines of text, in order. Packing never lets one
+/// document run into the next without a separator.
+pub type Document = Vec<String>;
+
+/// Reads a corpus from a path into documents.
+pub trait Dataset: Send + Sync {
+    /// Reads every document under `path` (a file or a directory, as the dataset defines).
+    fn read(&self, path: &Path) -> Result<Vec<Document>>;
+}
+
+// ---------------------------------------------------------------------------
+// Masking
+// ---------------------------------------------------------------------------
+
+/// What a masker needs to know about the vocabulary.
+#[derive(Debug, Clone)]
+pub struct VocabInfo {
+    pub vocab_size: usize,
+    pub mask_id: i64,
+    pub pad_id: i64,
+    pub cls_id: i64,
+    pub sep_id: i64,
+    /// `is_special[id]`: never masked, never drawn as a random replacement.
+    pub is_special: Vec<bool>,
+    /// `is_continuation[id]`: a WordPiece `##` piece that continues the previous word.
+    pub is_continuation: Vec<bool>,
+}
+
+impl VocabInfo {
+    /// Ids a random replacement may draw from: every non-special token.
+    pub fn replacement_ids(&self) -> Vec<i64> {
+        (0..self.vocab_size as i64).filter(|&i| !self.is_special[i as usize]).collect()
+    }
+}
+
+/// How chosen tokens are corrupted: `[MASK]`, a random token, or left as is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MaskingRates {
+    /// Probability that a (non-special) token is chosen for prediction.
+    pub rate: f64,
+    /// Of the chosen tokens: fraction replaced by `[MASK]`.
+    pub mask_token: f64,
+    /// Of the chosen tokens: fraction replaced by a random token. The rest stay unchanged.
+    pub random_token: f64,
+}
+
+/// One masked sequence: model input and labels (`IGNORE_INDEX` where not chosen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedSequence {
+    pub input_ids: Vec<i64>,
+    pub labels: Vec<i64>,
+}
+
+/// Chooses which tokens of a sequence the model must predict and corrupts them.
+pub trait Masker: Send + Sync {
+    /// Masks one sequence. `ids` holds real tokens only (no padding); special
+    /// tokens must never be chosen. All randomness comes from `rng`.
+    fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> MaskedSequence;
+}
+
+// ---------------------------------------------------------------------------
+// Models
+// ---------------------------------------------------------------------------
+
+/// A padded batch on the model's device.
+#[derive(Debug)]
+pub struct MlmBatch {
+    /// (B, T) int64
+    pub input_ids: tch::Tensor,
+    /// (B, T) int64, 1 for real tokens, 0 for padding
+    pub attention_mask: tch::Tensor,
+    /// (B, T) int64, `IGNORE_INDEX` where no prediction is scored
+    pub labels: tch::Tensor,
+}
+
+/// The model's predictions at the labelled positions only.
+#[derive(Debug)]
+pub struct MlmOutput {
+    /// Scalar: mean cross-entropy over labelled positions.
+    pub loss: tch::Tensor,
+    /// (N, V) logits at the N labelled positions, in row-major batch order.
+    pub logits: tch::Tensor,
+    /// (N,) the labels at those positions.
+    pub labels: tch::Tensor,
+}
+
+/// A trainable parameter handed to the optimizer.
+#[derive(Debug)]
+pub struct Parameter {
+    pub name: String,
+    pub tensor: tch::Tensor,
+    /// False for biases and LayerNorm weights, which take no weight decay.
+    pub decay: bool,
+}
+
+/// A masked language model.
+pub trait MlmModel {
+    /// Forward pass that scores only labelled positions (the MLM head runs on
+    /// those alone). `train` turns dropout on.
+    fn forward_mlm(&self, batch: &MlmBatch, train: bool) -> Result<MlmOutput>;
+    /// Full logits (B, T, V) in eval mode, for fill-mask and checks.
+    fn logits(&self, input_ids: &tch::Tensor, attention_mask: &tch::Tensor) -> Result<tch::Tensor>;
+    /// Trainable parameters with their weight-decay group, in a stable order.
+    fn parameters(&self) -> Vec<Parameter>;
+    /// Writes `config.json` and `model.safetensors` that Hugging Face `transformers` loads.
+    fn save_pretrained(&self, dir: &Path) -> Result<()>;
+    /// Number of trainable parameters.
+    fn num_parameters(&self) -> i64 {
+        self.parameters().iter().map(|p| p.tensor.numel() as i64).sum()
+    }
+    /// The device the weights live on.
+    fn device(&self) -> tch::Device;
+    /// Size of the output vocabulary.
+    fn vocab_size(&self) -> i64;
+    /// Longest sequence the model takes (position embeddings).
+    fn max_positions(&self) -> i64;
+}
+
+/// What a model needs to be built.
+#[derive(Debug, Clone)]
+pub struct ModelSource<'a> {
+    /// A Hugging Face model directory (`config.json` + `model.safetensors`), if any.
+    pub checkpoint: Option<&'a Path>,
+    /// Options from the recipe (architecture overrides for random init, etc.).
+    pub options: &'a Options,
+    pub device: tch::Device,
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------
+
+/// Accumulates predictions over an eval pass, then reports named values.
+pub trait Metric {
+    fn reset(&mut self);
+    /// Adds one batch: `out.logits` (N, V) and `out.labels` (N,).
+    fn update(&mut self, out: &MlmOutput) -> Result<()>;
+    /// Named values, e.g. `[("eval_loss", 2.1)]`.
+    fn compute(&self) -> BTreeMap<String, f64>;
+}
+
+// ---------------------------------------------------------------------------
+// Registrar
+// ---------------------------------------------------------------------------
+
+pub type DatasetFactory = fn(&Options) -> Result<Box<dyn Dataset>>;
+pub type MaskerFactory = fn(&Options, MaskingRates, &VocabInfo) -> Result<Box<dyn Masker>>;
+pub type ModelFactory = fn(&ModelSource) -> Result<Box<dyn MlmModel>>;
+pub type MetricFactory = fn(&Options) -> Result<Box<dyn Metric>>;
+
+/// A component's factory, by kind.
+#[derive(Clone, Copy)]
+pub enum Factory {
+    Dataset(DatasetFactory),
+    Masker(MaskerFactory),
+    Model(ModelFactory),
+    Metric(MetricFactory),
+}
+
+impl Factory {
+    pub fn kind(&self) -> ComponentKind {
+        match self {
+            Factory::Dataset(_) => ComponentKind::Dataset,
+            Factory::Masker(_) => ComponentKind::Masker,
+            Factory::Model(_) => ComponentKind::Model,
+            Factory::Metric(_) => ComponentKind::Metric,
+        }
+    }
+}
+
+/// One component a plugin offers.
+#[derive(Clone)]
+pub struct Component {
+    pub name: &'static str,
+    pub doc: &'static str,
+    pub params: Vec<ParamDoc>,
+    /// Checks recipe options without building anything (for `runner validate`).
+    pub check: fn(&Options) -> Result<()>,
+    pub factory: Factory,
+}
+
+impl std::fmt::Debug for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Component").field("kind", &self.factory.kind()).field("name", &self.name).finish()
+    }
+}
+
+/// A `check` for components that take no options.
+pub fn no_options(options: &Options) -> Result<()> {
+    match options.keys().next() {
+        None => Ok(()),
+        Some(k) => anyhow::bail!("unknown option `{}`: this component takes none", k.as_str().unwrap_or("?")),
+    }
+}
+
+/// Collects the components a plugin offers. The runner owns the lookup.
+#[derive(Default)]
+pub struct Registrar {
+    pub plugin: String,
+    pub components: Vec<Component>,
+}
+
+impl Registrar {
+    pub fn new(plugin: impl Into<String>) -> Self {
+        Registrar { plugin: plugin.into(), components: Vec::new() }
+    }
+
+    pub fn add(&mut self, component: Component) {
+        self.components.push(component);
+    }
+}

@@ -1,0 +1,91 @@
+//! `runner fill-mask --model DIR TEXT`: top-k predictions for each `[MASK]`,
+//! with the same fields as the transformers fill-mask pipeline
+//! (`score`, `token`, `token_str`, `sequence`).
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use runner_api::{ModelSource, Options};
+
+use crate::components;
+use crate::data::tokenizer;
+use crate::error::user_msg;
+use crate::registry::Registry;
+
+/// One candidate for one `[MASK]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub score: f64,
+    pub token: i64,
+    pub token_str: String,
+    pub sequence: String,
+}
+
+/// Predicts every `[MASK]` of `text`: for each, the `top_k` candidates, best first.
+pub fn predict(dir: &Path, text: &str, top_k: usize) -> Result<Vec<Vec<Candidate>>> {
+    let tok_path = dir.join("tokenizer.json");
+    if !dir.join("config.json").is_file() {
+        return Err(user_msg(format!("--model: {} has no config.json", dir.display())));
+    }
+    if !tok_path.is_file() {
+        return Err(user_msg(format!("--model: {} has no tokenizer.json", dir.display())));
+    }
+    let tok = tokenizer::load(&tok_path)?;
+    let vocab = tokenizer::vocab_info(&tok, &tok_path)?;
+    let registry = Registry::builtin()?;
+    let options = Options::new();
+    let source = ModelSource { checkpoint: Some(dir), options: &options, device: tch::Device::Cpu };
+    let model = components::model(&registry, "bert", &source).map_err(crate::error::user)?;
+
+    let enc = tok.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+    let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+    let masks: Vec<usize> = ids.iter().enumerate().filter(|(_, &i)| i == vocab.mask_id).map(|(p, _)| p).collect();
+    if masks.is_empty() {
+        return Err(user_msg("the text has no [MASK] token"));
+    }
+    if ids.len() as i64 > model.max_positions() {
+        return Err(user_msg(format!("the text has {} tokens; the model takes at most {}", ids.len(), model.max_positions())));
+    }
+    let input = Tensor::from_slice(&ids).unsqueeze(0); // (1, T)
+    let logits = tch::no_grad(|| model.logits(&input, &input.ones_like()))?; // (1, T, V)
+    let k = top_k.min(vocab.vocab_size).max(1) as i64;
+    masks
+        .iter()
+        .map(|&pos| {
+            let probs = logits.get(0).get(pos as i64).to_kind(Kind::Float).softmax(-1, Kind::Float); // (V,)
+            let (values, indices) = probs.topk(k, -1, true, true);
+            let values: Vec<f64> = Vec::try_from(values.to_kind(Kind::Double))?;
+            let indices: Vec<i64> = Vec::try_from(indices)?;
+            values
+                .into_iter()
+                .zip(indices)
+                .map(|(score, id)| {
+                    let mut filled: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+                    filled[pos] = id as u32;
+                    let decode = |ids: &[u32], skip| tok.decode(ids, skip).map_err(|e| anyhow::anyhow!("decode: {e}"));
+                    Ok(Candidate { score, token: id, token_str: decode(&[id as u32], false)?, sequence: decode(&filled, true)? })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+pub fn fill_mask(dir: &Path, text: &str, top_k: usize, json: bool) -> Result<()> {
+    let per_mask = predict(dir, text, top_k)?;
+    if json {
+        // One mask: a flat list, as the transformers pipeline returns; several: a list per mask.
+        let out = if per_mask.len() == 1 { serde_json::to_string_pretty(&per_mask[0])? } else { serde_json::to_string_pretty(&per_mask)? };
+        println!("{out}");
+        return Ok(());
+    }
+    for (i, candidates) in per_mask.iter().enumerate() {
+        println!("[MASK] #{}", i + 1);
+        for c in candidates {
+            println!("  {:.4}  {:<15} {}", c.score, c.token_str, c.sequence);
+        }
+    }
+    Ok(())
+}

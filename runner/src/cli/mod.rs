@@ -1,0 +1,79 @@
+//! Command-line types (clap) and dispatch: one file per subcommand.
+
+pub mod fill_mask;
+mod run;
+mod validate;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::recipe::Override;
+
+#[derive(Debug, Parser)]
+#[command(name = "runner", version, about = "Masked-language-model pretraining of BERT from YAML recipes")]
+pub struct Cli {
+    /// More log output (info is the default; RUST_LOG overrides both).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Recipe arguments shared by `run` and `validate`.
+#[derive(Debug, clap::Args)]
+pub struct RecipeArgs {
+    /// The recipe YAML file.
+    pub recipe: PathBuf,
+    /// Override a recipe field: --set training.lr=1e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<Override>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train (continue pretraining) as a recipe says; results go to results/<run>/.
+    Run {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Replace the results of an earlier run with the same name.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Check a recipe (keys, types, files, component names) without training.
+    Validate {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+    },
+    /// Predict the [MASK] tokens of a text, like the transformers fill-mask pipeline.
+    FillMask {
+        /// A Hugging Face model directory (config.json, model.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// Text with one or more [MASK] tokens.
+        text: String,
+        /// How many candidates per [MASK].
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Logs go to stderr; `RUST_LOG` decides the level (default: info).
+pub fn init_logging(verbose: bool) {
+    let default = if verbose { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { recipe, overwrite } => run::run(&recipe, overwrite),
+        Command::Validate { recipe } => validate::validate(&recipe),
+        Command::FillMask { model, text, top_k, json } => fill_mask::fill_mask(&model, &text, top_k, json),
+    }
+}

@@ -1,0 +1,23 @@
+//! `runner validate RECIPE`: parse and check a recipe without training.
+
+use anyhow::Result;
+
+use super::RecipeArgs;
+use crate::recipe;
+use crate::registry::Registry;
+
+pub fn validate(args: &RecipeArgs) -> Result<()> {
+    let registry = Registry::builtin()?;
+    let raw = recipe::load(&args.recipe, &args.overrides)?;
+    let r = recipe::resolve(raw, &args.recipe, &registry)?;
+    println!(
+        "{}: ok (run `{}`, model `{}`, dataset `{}`, masking `{}`, metrics {})",
+        args.recipe.display(),
+        r.raw.run.name,
+        r.raw.model.name,
+        r.dataset,
+        r.raw.masking.strategy,
+        r.raw.metrics.join(", ")
+    );
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Masked, padded batches. The micro-batch with global index `i` is a pure
+//! function of `(seed, i)`: the epoch's shuffle comes from `(seed, epoch)` and
+//! the masks from a ChaCha stream numbered `i`. A run can therefore resume at
+//! any step without replaying data, and batches can be built on a background
+//! thread while the model trains.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Tensor};
+
+use runner_api::{MaskedSequence, Masker, MlmBatch, IGNORE_INDEX};
+
+use super::Examples;
+
+/// A batch on the host, row-major (rows, cols).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub input_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+    pub labels: Vec<i64>,
+    pub rows: usize,
+    pub cols: usize,
+    /// Real (non-padding) tokens.
+    pub tokens: usize,
+}
+
+impl Batch {
+    /// Pads masked sequences to the longest one.
+    pub fn pad(seqs: Vec<MaskedSequence>, pad_id: i64) -> Self {
+        let rows = seqs.len();
+        let cols = seqs.iter().map(|s| s.input_ids.len()).max().unwrap_or(0);
+        let mut b = Batch {
+            input_ids: vec![pad_id; rows * cols],
+            attention_mask: vec![0; rows * cols],
+            labels: vec![IGNORE_INDEX; rows * cols],
+            rows,
+            cols,
+            tokens: 0,
+        };
+        for (r, s) in seqs.iter().enumerate() {
+            let n = s.input_ids.len();
+            let at = r * cols;
+            b.input_ids[at..at + n].copy_from_slice(&s.input_ids);
+            b.labels[at..at + n].copy_from_slice(&s.labels);
+            b.attention_mask[at..at + n].fill(1);
+            b.tokens += n;
+        }
+        b
+    }
+
+    /// Copies the batch to `device` as int64 tensors.
+    pub fn to_device(&self, device: Device) -> MlmBatch {
+        let shape = [self.rows as i64, self.cols as i64];
+        let t = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+        MlmBatch { input_ids: t(&self.input_ids), attention_mask: t(&self.attention_mask), labels: t(&self.labels) }
+    }
+
+    /// Number of labelled positions.
+    pub fn masked(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
+    }
+}
+
+fn masked(examples: &Examples, idx: impl Iterator<Item = usize>, masker: &dyn Masker, rng: &mut ChaCha8Rng) -> Vec<MaskedSequence> {
+    idx.map(|i| {
+        let ids: Vec<i64> = examples.get(i).iter().map(|&t| t as i64).collect();
+        masker.mask(&ids, rng)
+    })
+    .collect()
+}
+
+/// Makes training micro-batches: shuffled each epoch, masked afresh each time.
+pub struct BatchMaker {
+    pub examples: Arc<Examples>,
+    pub masker: Arc<dyn Masker>,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub pad_id: i64,
+}
+
+impl BatchMaker {
+    pub fn batches_per_epoch(&self) -> u64 {
+        self.examples.len().div_ceil(self.batch_size) as u64
+    }
+
+    fn permutation(&self, epoch: u64) -> Vec<usize> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(epoch);
+        let mut order: Vec<usize> = (0..self.examples.len()).collect();
+        order.shuffle(&mut rng);
+        order
+    }
+
+    /// Micro-batch number `i` (counting from 0 over the whole run).
+    pub fn batch(&self, i: u64, cache: &mut Option<(u64, Vec<usize>)>) -> Batch {
+        let per_epoch = self.batches_per_epoch();
+        let (epoch, pos) = (i / per_epoch, (i % per_epoch) as usize);
+        if cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            *cache = Some((epoch, self.permutation(epoch)));
+        }
+        let order = &cache.as_ref().expect("just filled").1;
+        let rows = &order[pos * self.batch_size..((pos + 1) * self.batch_size).min(order.len())];
+        // Masks: seed's key, stream u64::MAX - i keeps them apart from the shuffle streams.
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(u64::MAX - i);
+        Batch::pad(masked(&self.examples, rows.iter().copied(), self.masker.as_ref(), &mut rng), self.pad_id)
+    }
+
+    /// Builds micro-batches `start..end` on a background thread, a few ahead.
+    pub fn prefetch(self: Arc<Self>, start: u64, end: u64) -> Receiver<Batch> {
+        let (tx, rx) = sync_channel(4);
+        std::thread::Builder::new()
+            .name("batches".into())
+            .spawn(move || {
+                let mut cache = None;
+                for i in start..end {
+                    if tx.send(self.batch(i, &mut cache)).is_err() {
+                        return; // the trainer stopped early
+                    }
+                }
+            })
+            .expect("spawning the batch thread");
+        rx
+    }
+}
+
+/// Held-out batches with masks fixed by a seed, built once: every eval of a
+/// run, and every run with the same data and `eval.seed`, scores the same tokens.
+pub struct EvalSet {
+    pub batches: Vec<Batch>,
+}
+
+impl EvalSet {
+    pub fn new(examples: &Examples, masker: &dyn Masker, batch_size: usize, max_sequences: Option<usize>, seed: u64, pad_id: i64) -> Self {
+        let n = max_sequences.map_or(examples.len(), |m| m.min(examples.len()));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let seqs = masked(examples, 0..n, masker, &mut rng);
+        let mut batches = Vec::new();
+        let mut it = seqs.into_iter().peekable();
+        while it.peek().is_some() {
+            let chunk: Vec<MaskedSequence> = it.by_ref().take(batch_size).collect();
+            batches.push(Batch::pad(chunk, pad_id));
+        }
+        EvalSet { batches }
+    }
+
+    pub fn sequences(&self) -> usize {
+        self.batches.iter().map(|b| b.rows).sum()
+    }
+
+    pub fn masked_tokens(&self) -> usize {
+        self.batches.iter().map(|b| b.masked()).sum()
+    }
+}

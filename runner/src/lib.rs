@@ -1,0 +1,20 @@
+//! `runner`: a declarative experiment runner for masked-language-model
+//! pretraining of BERT on libtorch.
+//!
+//! Where things happen:
+//! - a recipe is parsed and checked in [`recipe`];
+//! - components are found by name in [`registry`] and built in [`components`];
+//! - data becomes masked batches in [`data`];
+//! - a training step happens in [`train::Trainer::fit`];
+//! - eval is [`eval::evaluate`]; tables and summaries are written by [`report`].
+
+pub mod cli;
+pub mod components;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod recipe;
+pub mod registry;
+pub mod report;
+pub mod train;

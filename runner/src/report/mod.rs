@@ -1,0 +1,144 @@
+//! Run outputs written with polars: the metrics table (`metrics.csv`,
+//! `metrics.parquet`) and the one-row summary (`summary.csv`, `summary.json`).
+//! Files are written to a temporary name and renamed, so a crash never leaves
+//! a half-written table behind.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use polars::prelude::*;
+use serde::Serialize;
+
+/// One row of the metrics table: a train-log row, an eval row, or both.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    pub step: u64,
+    pub epoch: f64,
+    pub lr: f64,
+    pub train_loss: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+    pub elapsed_s: f64,
+    /// Eval metric values by name (`eval_loss`, `perplexity`, `accuracy`, ...).
+    pub eval: BTreeMap<String, f64>,
+}
+
+/// The metrics table of a run, grown row by row and rewritten after each eval.
+#[derive(Debug, Default)]
+pub struct MetricsTable {
+    pub rows: Vec<Row>,
+    eval_columns: Vec<String>,
+}
+
+impl MetricsTable {
+    pub fn new(eval_columns: Vec<String>) -> Self {
+        MetricsTable { rows: Vec::new(), eval_columns }
+    }
+
+    pub fn push(&mut self, row: Row) {
+        // Merge a row for a step that is already the last one (train log + eval).
+        if let Some(last) = self.rows.last_mut() {
+            if last.step == row.step {
+                last.train_loss = last.train_loss.or(row.train_loss);
+                last.tokens_per_s = last.tokens_per_s.or(row.tokens_per_s);
+                last.eval.extend(row.eval);
+                last.elapsed_s = last.elapsed_s.max(row.elapsed_s);
+                return;
+            }
+        }
+        self.rows.push(row);
+    }
+
+    pub fn frame(&self) -> Result<DataFrame> {
+        let rows = &self.rows;
+        let mut cols: Vec<Column> = vec![
+            Column::new("step".into(), rows.iter().map(|r| r.step).collect::<Vec<u64>>()),
+            Column::new("epoch".into(), rows.iter().map(|r| r.epoch).collect::<Vec<f64>>()),
+            Column::new("lr".into(), rows.iter().map(|r| r.lr).collect::<Vec<f64>>()),
+            Column::new("train_loss".into(), rows.iter().map(|r| r.train_loss).collect::<Vec<Option<f64>>>()),
+        ];
+        let order = ["eval_loss", "perplexity", "accuracy"];
+        let mut names: Vec<&String> = self.eval_columns.iter().collect();
+        names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(order.len()));
+        for name in names {
+            let values: Vec<Option<f64>> = rows.iter().map(|r| r.eval.get(name).copied()).collect();
+            cols.push(Column::new(name.as_str().into(), values));
+        }
+        cols.push(Column::new("tokens_per_s".into(), rows.iter().map(|r| r.tokens_per_s).collect::<Vec<Option<f64>>>()));
+        cols.push(Column::new("elapsed_s".into(), rows.iter().map(|r| r.elapsed_s).collect::<Vec<f64>>()));
+        Ok(DataFrame::new(cols)?)
+    }
+
+    /// Writes `metrics.csv` and `metrics.parquet` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        write_tables(&mut self.frame()?, dir, "metrics")
+    }
+}
+
+/// Writes `<stem>.csv` and `<stem>.parquet` atomically.
+pub fn write_tables(df: &mut DataFrame, dir: &Path, stem: &str) -> Result<()> {
+    let csv = dir.join(format!("{stem}.csv"));
+    atomic_write(&csv, |f| Ok(CsvWriter::new(f).include_header(true).finish(df)?))?;
+    let parquet = dir.join(format!("{stem}.parquet"));
+    atomic_write(&parquet, |f| {
+        ParquetWriter::new(f).finish(df)?;
+        Ok(())
+    })
+}
+
+/// Writes through a temporary file in the same directory, then renames.
+pub fn atomic_write(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    write(&mut f).with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all().ok();
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// The one-row summary of a finished run.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Summary {
+    pub run: String,
+    pub steps: u64,
+    pub epochs: f64,
+    pub train_tokens: u64,
+    pub parameters: i64,
+    pub final_train_loss: Option<f64>,
+    pub initial_eval_loss: Option<f64>,
+    pub final_eval_loss: Option<f64>,
+    pub best_eval_loss: Option<f64>,
+    pub final_perplexity: Option<f64>,
+    pub final_accuracy: Option<f64>,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+    pub checkpoint: String,
+}
+
+impl Summary {
+    /// Writes `summary.json` and `summary.csv` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        atomic_write(&dir.join("summary.json"), |f| {
+            serde_json::to_writer_pretty(&mut *f, self)?;
+            Ok(())
+        })?;
+        let s = self;
+        let mut df = df!(
+            "run" => [s.run.as_str()],
+            "steps" => [s.steps],
+            "epochs" => [s.epochs],
+            "train_tokens" => [s.train_tokens],
+            "parameters" => [s.parameters],
+            "final_train_loss" => [s.final_train_loss],
+            "initial_eval_loss" => [s.initial_eval_loss],
+            "final_eval_loss" => [s.final_eval_loss],
+            "best_eval_loss" => [s.best_eval_loss],
+            "final_perplexity" => [s.final_perplexity],
+            "final_accuracy" => [s.final_accuracy],
+            "tokens_per_s" => [s.tokens_per_s],
+            "elapsed_s" => [s.elapsed_s],
+            "checkpoint" => [s.checkpoint.as_str()],
+        )?;
+        let csv = dir.join("summary.csv");
+        atomic_write(&csv, |f| Ok(CsvWriter::new(f).include_header(true).finish(&mut df)?))
+    }
+}

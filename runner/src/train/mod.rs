@@ -1,0 +1,359 @@
+//! Training: [`run`] prepares data and components from a resolved recipe, then
+//! [`Trainer::fit`] runs the loop. One step reads top to bottom in the order
+//! things happen: lr for this step, micro-batches with accumulation, clip,
+//! optimizer step, zero grads, log, eval, stop.
+
+pub mod optimizer;
+pub mod schedule;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use runner_api::{Metric, MlmModel, ModelSource};
+
+use crate::data::examples::{split_holdout, Examples};
+use crate::data::{tokenizer, BatchMaker, EvalSet};
+use crate::error::user_msg;
+use crate::eval::evaluate;
+use crate::recipe::{EvalSource, Recipe, TrainLength, Warmup};
+use crate::registry::Registry;
+use crate::report::{MetricsTable, Row, Summary};
+use crate::{components, device};
+use optimizer::{AdamW, AdamWConfig};
+use schedule::LrSchedule;
+
+/// Where a finished run left its results.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub run_dir: PathBuf,
+    pub summary: Summary,
+}
+
+/// Runs a recipe end to end: data, model, training, eval, reports, checkpoint.
+pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunOutcome> {
+    let started = Instant::now();
+    device::set_threads(recipe.threads);
+    tch::manual_seed(recipe.raw.run.seed as i64);
+    prepare_run_dir(&recipe.run_dir, overwrite)?;
+    std::fs::write(recipe.run_dir.join("recipe.yaml"), serde_yaml::to_string(&recipe.raw)?)
+        .with_context(|| format!("cannot write {}", recipe.run_dir.join("recipe.yaml").display()))?;
+
+    // Data: documents -> held-out split -> tokenized examples.
+    let tok = tokenizer::load(&recipe.tokenizer)?;
+    let vocab = tokenizer::vocab_info(&tok, &recipe.tokenizer)?;
+    let dataset = components::dataset(registry, &recipe.dataset, &recipe.dataset_options)?;
+    let read = |p: &Path, key: &str| dataset.read(p).map_err(|e| user_msg(format!("{key}: {e:#}")));
+    let (mut train_docs, eval_docs) = match &recipe.eval_source {
+        EvalSource::Path(p) => (read(&recipe.train_path, "data.train")?, read(p, "data.eval")?),
+        EvalSource::Holdout(f) => split_holdout(read(&recipe.train_path, "data.train")?, *f, recipe.raw.eval.seed)
+            .map_err(|e| user_msg(format!("data.holdout: {e:#}")))?,
+    };
+    if let Some(n) = recipe.raw.data.max_train_documents {
+        train_docs.truncate(n);
+    }
+    let t0 = Instant::now();
+    let train = Examples::build(&train_docs, &tok, &vocab, recipe.examples, recipe.max_seq_len)?;
+    let held_out = Examples::build(&eval_docs, &tok, &vocab, recipe.examples, recipe.max_seq_len)?;
+    tracing::info!(
+        "data: {} train documents -> {} examples ({} tokens); {} eval documents -> {} examples; tokenized in {:.1}s",
+        train_docs.len(),
+        train.len(),
+        train.num_tokens(),
+        eval_docs.len(),
+        held_out.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    if train.is_empty() {
+        bail!(user_msg(format!(
+            "data.train: {} gives no training example of {} tokens (lower data.max_seq_len or add text)",
+            recipe.train_path.display(),
+            recipe.max_seq_len
+        )));
+    }
+    if held_out.is_empty() {
+        bail!(user_msg("data.eval: the held-out text gives no eval example (lower data.max_seq_len or hold out more)"));
+    }
+
+    // Components.
+    let masking = &recipe.raw.masking;
+    let masker = components::masker(registry, &masking.strategy, &masking.options, recipe.masking_rates, &vocab)?;
+    let eval_set = EvalSet::new(
+        &held_out,
+        masker.as_ref(),
+        recipe.raw.eval.batch_size,
+        recipe.raw.eval.max_sequences,
+        recipe.raw.eval.seed,
+        vocab.pad_id,
+    );
+    let model_section = &recipe.raw.model;
+    let source = ModelSource {
+        checkpoint: model_section.checkpoint.as_deref(),
+        options: &model_section.options,
+        device: recipe.device,
+    };
+    let model = components::model(registry, &model_section.name, &source).map_err(crate::error::user)?;
+    if (vocab.vocab_size as i64) > model.vocab_size() {
+        bail!(user_msg(format!(
+            "tokenizer.path: {} has {} tokens but the model's vocabulary has {}",
+            recipe.tokenizer.display(),
+            vocab.vocab_size,
+            model.vocab_size()
+        )));
+    }
+    if recipe.max_seq_len as i64 > model.max_positions() {
+        bail!(user_msg(format!(
+            "data.max_seq_len: {} is longer than the model's {} positions",
+            recipe.max_seq_len,
+            model.max_positions()
+        )));
+    }
+    let metrics = components::metrics(registry, &recipe.raw.metrics)?;
+
+    // Length of the run.
+    let t = &recipe.raw.training;
+    let batches = Arc::new(BatchMaker {
+        examples: Arc::new(train),
+        masker,
+        batch_size: t.batch_size,
+        seed: recipe.raw.run.seed,
+        pad_id: vocab.pad_id,
+    });
+    let steps_per_epoch = (batches.batches_per_epoch() as f64 / t.grad_accum_steps as f64).max(1.0);
+    let total_steps = match recipe.length {
+        TrainLength::Steps(s) => s,
+        TrainLength::Epochs(e) => ((e * steps_per_epoch).ceil() as u64).max(1),
+    };
+    let warmup = match recipe.warmup {
+        Warmup::Steps(s) => s.min(total_steps),
+        Warmup::Ratio(r) => (r * total_steps as f64).ceil() as u64,
+    };
+    tracing::info!(
+        "model: {} parameters on {:?}; {} steps of {} x {} sequences, warmup {}; eval on {} sequences ({} masked tokens)",
+        model.num_parameters(),
+        model.device(),
+        total_steps,
+        t.batch_size,
+        t.grad_accum_steps,
+        warmup,
+        eval_set.sequences(),
+        eval_set.masked_tokens()
+    );
+
+    let optimizer = AdamW::new(
+        model.parameters(),
+        AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay },
+    );
+    let mut trainer = Trainer {
+        schedule: LrSchedule { kind: t.schedule, peak: t.lr, warmup, total: total_steps },
+        total_steps,
+        grad_accum: t.grad_accum_steps as u64,
+        max_grad_norm: t.max_grad_norm,
+        log_every: t.log_every,
+        eval_every: recipe.raw.eval.every,
+        eval_at_start: recipe.raw.eval.at_start,
+        table: MetricsTable::new(metric_columns(&metrics)),
+        model,
+        optimizer,
+        batches,
+        eval_set,
+        metrics,
+        run_dir: recipe.run_dir.clone(),
+    };
+    let fit = trainer.fit()?;
+
+    // Checkpoint in Hugging Face layout, with the tokenizer beside it.
+    let checkpoint = recipe.run_dir.join("checkpoint");
+    trainer.model.save_pretrained(&checkpoint)?;
+    copy_tokenizer_files(&recipe.tokenizer, &checkpoint)?;
+
+    let table = &trainer.table;
+    let evals: Vec<&Row> = table.rows.iter().filter(|r| r.eval.contains_key("eval_loss")).collect();
+    let eval_loss = |r: &&Row| r.eval.get("eval_loss").copied();
+    let summary = Summary {
+        run: recipe.raw.run.name.clone(),
+        steps: total_steps,
+        epochs: total_steps as f64 / steps_per_epoch,
+        train_tokens: fit.tokens,
+        parameters: trainer.model.num_parameters(),
+        final_train_loss: table.rows.iter().rev().find_map(|r| r.train_loss),
+        initial_eval_loss: evals.first().and_then(eval_loss),
+        final_eval_loss: evals.last().and_then(eval_loss),
+        best_eval_loss: evals.iter().filter_map(eval_loss).reduce(f64::min),
+        final_perplexity: evals.last().and_then(|r| r.eval.get("perplexity").copied()),
+        final_accuracy: evals.last().and_then(|r| r.eval.get("accuracy").copied()),
+        tokens_per_s: fit.tokens as f64 / fit.train_seconds.max(1e-9),
+        elapsed_s: started.elapsed().as_secs_f64(),
+        checkpoint: checkpoint.display().to_string(),
+    };
+    summary.write(&recipe.run_dir)?;
+    Ok(RunOutcome { run_dir: recipe.run_dir.clone(), summary })
+}
+
+/// Creates the run directory. An existing one with results is kept unless
+/// `overwrite` is given: nothing already written is lost by accident.
+fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
+    let has_results = dir.join("summary.json").exists() || dir.join("metrics.csv").exists();
+    if has_results && !overwrite {
+        bail!(user_msg(format!(
+            "run.name: {} already holds results; pick another name (--set run.name=...) or pass --overwrite",
+            dir.display()
+        )));
+    }
+    if dir.exists() && overwrite {
+        for f in ["metrics.csv", "metrics.parquet", "summary.csv", "summary.json", "recipe.yaml"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        let _ = std::fs::remove_dir_all(dir.join("checkpoint"));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Copies the tokenizer (and its companions, when present) next to the weights.
+fn copy_tokenizer_files(tokenizer: &Path, dir: &Path) -> Result<()> {
+    std::fs::copy(tokenizer, dir.join("tokenizer.json"))
+        .with_context(|| format!("cannot copy {} into {}", tokenizer.display(), dir.display()))?;
+    if let Some(src) = tokenizer.parent() {
+        for f in ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+            if src.join(f).is_file() {
+                std::fs::copy(src.join(f), dir.join(f))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Names of the eval columns the metrics produce.
+fn metric_columns(metrics: &[Box<dyn Metric>]) -> Vec<String> {
+    metrics.iter().flat_map(|m| m.compute().into_keys()).collect()
+}
+
+/// What the loop measured.
+#[derive(Debug, Default)]
+pub struct FitStats {
+    /// Real (non-padding) training tokens seen.
+    pub tokens: u64,
+    /// Wall time in training steps (evals excluded).
+    pub train_seconds: f64,
+}
+
+/// The training loop and everything it owns.
+pub struct Trainer {
+    pub model: Box<dyn MlmModel>,
+    pub optimizer: AdamW,
+    pub schedule: LrSchedule,
+    pub batches: Arc<BatchMaker>,
+    pub eval_set: EvalSet,
+    pub metrics: Vec<Box<dyn Metric>>,
+    pub table: MetricsTable,
+    pub run_dir: PathBuf,
+    pub total_steps: u64,
+    pub grad_accum: u64,
+    pub max_grad_norm: Option<f64>,
+    pub log_every: u64,
+    pub eval_every: u64,
+    pub eval_at_start: bool,
+}
+
+impl Trainer {
+    fn epoch_at(&self, step: u64) -> f64 {
+        (step * self.grad_accum) as f64 / self.batches.batches_per_epoch() as f64
+    }
+
+    /// Evaluates, adds the row, and rewrites the metrics tables.
+    fn eval_row(&mut self, step: u64, elapsed: f64) -> Result<String> {
+        let values = evaluate(self.model.as_ref(), &self.eval_set, &mut self.metrics)?;
+        let shown = values.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ");
+        let row = Row { step, epoch: self.epoch_at(step), lr: self.schedule.lr(step), elapsed_s: elapsed, eval: values, ..Default::default() };
+        self.table.push(row);
+        self.table.write(&self.run_dir)?;
+        Ok(shown)
+    }
+
+    pub fn fit(&mut self) -> Result<FitStats> {
+        let started = Instant::now();
+        let device = self.model.device();
+        let batches = self.batches.clone().prefetch(0, self.total_steps * self.grad_accum);
+        let bar = ProgressBar::new(self.total_steps).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]")
+                .expect("valid template"),
+        );
+        let mut stats = FitStats::default();
+        let mut eval_seconds = 0.0;
+        if self.eval_at_start {
+            let t = Instant::now();
+            let shown = self.eval_row(0, 0.0)?;
+            eval_seconds += t.elapsed().as_secs_f64();
+            bar.suspend(|| tracing::info!("step 0: {shown}"));
+        }
+        let (mut window_loss, mut window_steps, mut window_tokens) = (0.0, 0u64, 0u64);
+        // Training time of the current log window; eval time is kept out of it.
+        let (mut window_secs, mut window_start) = (0.0, Instant::now());
+        for step in 0..self.total_steps {
+            // 1. learning rate for this step
+            let lr = self.schedule.lr(step);
+            // 2. micro-batches, gradients accumulated; each micro-batch weighs 1/accum
+            let mut step_loss = 0.0;
+            for _ in 0..self.grad_accum {
+                let batch = batches.recv().context("the batch thread stopped")?;
+                window_tokens += batch.tokens as u64;
+                let out = self.model.forward_mlm(&batch.to_device(device), true)?;
+                let loss = out.loss / self.grad_accum as f64;
+                loss.f_backward()?;
+                step_loss += loss.f_double_value(&[])?;
+            }
+            if !step_loss.is_finite() {
+                bail!("training loss became {step_loss} at step {}: lower training.lr or set training.max_grad_norm", step + 1);
+            }
+            // 3. clip, update, clear
+            self.optimizer.clip_grad_norm(self.max_grad_norm)?;
+            self.optimizer.step(lr)?;
+            self.optimizer.zero_grad();
+            // 4. log
+            let done = step + 1;
+            window_loss += step_loss;
+            window_steps += 1;
+            bar.set_position(done);
+            if done % self.log_every == 0 || done == self.total_steps {
+                let secs = window_secs + window_start.elapsed().as_secs_f64();
+                let tps = window_tokens as f64 / secs.max(1e-9);
+                let train_loss = window_loss / window_steps as f64;
+                stats.tokens += window_tokens;
+                stats.train_seconds += secs;
+                bar.set_message(format!("loss {train_loss:.4}, {tps:.0} tok/s"));
+                self.table.push(Row {
+                    step: done,
+                    epoch: self.epoch_at(done),
+                    lr,
+                    train_loss: Some(train_loss),
+                    tokens_per_s: Some(tps),
+                    elapsed_s: started.elapsed().as_secs_f64(),
+                    ..Default::default()
+                });
+                (window_loss, window_steps, window_tokens, window_secs) = (0.0, 0, 0, 0.0);
+                window_start = Instant::now();
+            }
+            // 5. eval (always at the end)
+            let due = self.eval_every > 0 && done % self.eval_every == 0;
+            if due || done == self.total_steps {
+                window_secs += window_start.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let shown = self.eval_row(done, started.elapsed().as_secs_f64())?;
+                eval_seconds += t.elapsed().as_secs_f64();
+                bar.suspend(|| tracing::info!("step {done}: {shown}"));
+                window_start = Instant::now();
+            }
+        }
+        bar.finish_and_clear();
+        tracing::info!(
+            "trained {} steps in {:.1}s ({:.1}s in eval), {:.0} tokens/s",
+            self.total_steps,
+            started.elapsed().as_secs_f64(),
+            eval_seconds,
+            stats.tokens as f64 / stats.train_seconds.max(1e-9)
+        );
+        Ok(stats)
+    }
+}
