@@ -70,6 +70,6 @@ fi
 
 if [ "$build" = 1 ]; then
     say "building the runner (release)"
-    cargo build --release --quiet
+    cargo build --release --workspace --quiet  # the runner and its plugin libraries
     say "ready: target/release/runner"
 fi

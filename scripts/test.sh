@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --no-build
+cargo build --workspace  # the plugin libraries the runner binary loads
 cargo test --workspace --all-targets

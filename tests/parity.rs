@@ -47,7 +47,7 @@ fn three_steps(model: &Bert, e: &HashMap<String, Tensor>) -> Vec<f64> {
         serde_json::from_str(&std::fs::read_to_string(fixture().join("training.json")).unwrap()).unwrap();
     let f = |k: &str| cfg[k].as_f64().unwrap();
     let mut opt = AdamW::new(
-        model.parameters(),
+        model.parameters().unwrap(),
         AdamWConfig { beta1: cfg["betas"][0].as_f64().unwrap(), beta2: cfg["betas"][1].as_f64().unwrap(), eps: f("eps"), weight_decay: f("weight_decay") },
     );
     let b = batch(e);
@@ -123,7 +123,11 @@ fn fill_mask_matches_the_transformers_pipeline() {
         serde_json::from_str(&std::fs::read_to_string(fixture().join("fill_mask.json")).unwrap()).unwrap();
     let text = spec["text"].as_str().unwrap();
     let k = spec["top_k"].as_u64().unwrap() as usize;
-    let ours = runner::cli::fill_mask::predict(&fixture(), text, k).unwrap();
+    let mut registry = runner::registry::Registry::empty();
+    let mut plugin = runner_api::Registrar::new("bert");
+    runner_plugin_bert::register(&mut plugin);
+    registry.add(plugin).unwrap();
+    let ours = runner::cli::fill_mask::predict(&registry, &fixture(), text, k).unwrap();
     assert_eq!(ours.len(), 1, "one [MASK] in the text");
     let ours = &ours[0];
     let theirs = spec["expected"].as_array().unwrap();

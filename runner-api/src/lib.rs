@@ -9,6 +9,16 @@
 //! Component parameters arrive as the YAML mapping found under `options:` in
 //! the recipe; [`parse_options`] turns them into a plugin's own typed struct and
 //! names the offending key on error.
+//!
+//! A plugin is a `cdylib` that calls [`declare_plugin!`]; the runner loads it
+//! by path and checks its [`PluginDeclaration`] before calling into it. Every
+//! call into a component goes through the guards in [`guard`], compiled into
+//! the plugin itself, so a panic inside a plugin comes back as an error.
+
+pub mod guard;
+pub mod plugin;
+
+pub use plugin::{PluginDeclaration, StrRef, ABI_VERSION, PLUGIN_MAGIC};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -136,7 +146,7 @@ pub struct MaskedSequence {
 pub trait Masker: Send + Sync {
     /// Masks one sequence. `ids` holds real tokens only (no padding); special
     /// tokens must never be chosen. All randomness comes from `rng`.
-    fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> MaskedSequence;
+    fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence>;
 }
 
 // ---------------------------------------------------------------------------
@@ -174,27 +184,31 @@ pub struct Parameter {
     pub decay: bool,
 }
 
+/// Facts about a built model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelInfo {
+    /// The device the weights live on.
+    pub device: tch::Device,
+    /// Size of the output vocabulary.
+    pub vocab_size: i64,
+    /// Longest sequence the model takes (position embeddings).
+    pub max_positions: i64,
+    /// Number of trainable parameter elements.
+    pub num_parameters: i64,
+}
+
 /// A masked language model.
-pub trait MlmModel {
+pub trait MlmModel: Send {
     /// Forward pass that scores only labelled positions (the MLM head runs on
     /// those alone). `train` turns dropout on.
     fn forward_mlm(&self, batch: &MlmBatch, train: bool) -> Result<MlmOutput>;
     /// Full logits (B, T, V) in eval mode, for fill-mask and checks.
     fn logits(&self, input_ids: &tch::Tensor, attention_mask: &tch::Tensor) -> Result<tch::Tensor>;
     /// Trainable parameters with their weight-decay group, in a stable order.
-    fn parameters(&self) -> Vec<Parameter>;
+    fn parameters(&self) -> Result<Vec<Parameter>>;
     /// Writes `config.json` and `model.safetensors` that Hugging Face `transformers` loads.
     fn save_pretrained(&self, dir: &Path) -> Result<()>;
-    /// Number of trainable parameters.
-    fn num_parameters(&self) -> i64 {
-        self.parameters().iter().map(|p| p.tensor.numel() as i64).sum()
-    }
-    /// The device the weights live on.
-    fn device(&self) -> tch::Device;
-    /// Size of the output vocabulary.
-    fn vocab_size(&self) -> i64;
-    /// Longest sequence the model takes (position embeddings).
-    fn max_positions(&self) -> i64;
+    fn info(&self) -> Result<ModelInfo>;
 }
 
 /// What a model needs to be built.
@@ -212,12 +226,18 @@ pub struct ModelSource<'a> {
 // ---------------------------------------------------------------------------
 
 /// Accumulates predictions over an eval pass, then reports named values.
-pub trait Metric {
-    fn reset(&mut self);
+pub trait Metric: Send {
+    fn reset(&mut self) -> Result<()>;
     /// Adds one batch: `out.logits` (N, V) and `out.labels` (N,).
     fn update(&mut self, out: &MlmOutput) -> Result<()>;
-    /// Named values, e.g. `[("eval_loss", 2.1)]`.
-    fn compute(&self) -> BTreeMap<String, f64>;
+    /// Named values, e.g. `{"eval_loss": 2.1}`.
+    fn compute(&self) -> Result<BTreeMap<String, f64>>;
+    /// Scores that need the model itself rather than one forward pass over
+    /// the eval batches (e.g. pseudo-perplexity). Called once per eval, after
+    /// the batches, with the eval sequences (unmasked, no padding).
+    fn update_with_model(&mut self, _model: &dyn MlmModel, _sequences: &[Vec<i64>], _vocab: &VocabInfo) -> Result<()> {
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -229,7 +249,7 @@ pub type MaskerFactory = fn(&Options, MaskingRates, &VocabInfo) -> Result<Box<dy
 pub type ModelFactory = fn(&ModelSource) -> Result<Box<dyn MlmModel>>;
 pub type MetricFactory = fn(&Options) -> Result<Box<dyn Metric>>;
 
-/// A component's factory, by kind.
+/// A component's factory, by kind: plain functions, as plugins write them.
 #[derive(Clone, Copy)]
 pub enum Factory {
     Dataset(DatasetFactory),
@@ -260,12 +280,6 @@ pub struct Component {
     pub factory: Factory,
 }
 
-impl std::fmt::Debug for Component {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Component").field("kind", &self.factory.kind()).field("name", &self.name).finish()
-    }
-}
-
 /// A `check` for components that take no options.
 pub fn no_options(options: &Options) -> Result<()> {
     match options.keys().next() {
@@ -274,11 +288,11 @@ pub fn no_options(options: &Options) -> Result<()> {
     }
 }
 
-/// Collects the components a plugin offers. The runner owns the lookup.
-#[derive(Default)]
+/// Collects the components a plugin offers, each wrapped in panic guards
+/// (see [`guard`]). The runner owns the lookup.
 pub struct Registrar {
     pub plugin: String,
-    pub components: Vec<Component>,
+    pub components: Vec<guard::Registered>,
 }
 
 impl Registrar {
@@ -287,6 +301,6 @@ impl Registrar {
     }
 
     pub fn add(&mut self, component: Component) {
-        self.components.push(component);
+        self.components.push(guard::Registered::new(&self.plugin, component));
     }
 }

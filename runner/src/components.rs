@@ -1,55 +1,132 @@
 //! Builds the recipe's components through the registry: the dataset, the
 //! masker, the model and the metrics. The only place that calls factories.
+//!
+//! Every component is returned wrapped in [`Bound`], which keeps its plugin
+//! library loaded for as long as the component lives, and turns the plugin's
+//! errors into errors owned by the runner (so they can outlive the library).
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use libloading::Library;
 
-use runner_api::{ComponentKind, Dataset, Factory, Masker, Metric, MlmModel, ModelSource, Options, VocabInfo};
+use runner_api::guard::Builder;
+use runner_api::{
+    ComponentKind, Dataset, Document, MaskedSequence, Masker, MaskingRates, Metric, MlmBatch, MlmModel, MlmOutput,
+    ModelInfo, ModelSource, Options, Parameter, RngCore, VocabInfo,
+};
 
 use crate::error::user_msg;
-use crate::registry::Registry;
+use crate::registry::{Entry, Registry};
 
-fn factory(registry: &Registry, kind: ComponentKind, name: &str) -> Result<Factory> {
-    registry.get(kind, name).map(|c| c.factory).map_err(user_msg)
+/// A component and the library it came from. Field order matters: the
+/// component is dropped before the library.
+pub struct Bound<T: ?Sized> {
+    inner: Box<T>,
+    _library: Option<Arc<Library>>,
+}
+
+/// Re-creates a plugin's error as a runner-owned one.
+fn rehome(e: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+impl Dataset for Bound<dyn Dataset> {
+    fn read(&self, path: &Path) -> Result<Vec<Document>> {
+        self.inner.read(path).map_err(rehome)
+    }
+}
+
+impl Masker for Bound<dyn Masker> {
+    fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence> {
+        self.inner.mask(ids, rng).map_err(rehome)
+    }
+}
+
+impl MlmModel for Bound<dyn MlmModel> {
+    fn forward_mlm(&self, batch: &MlmBatch, train: bool) -> Result<MlmOutput> {
+        self.inner.forward_mlm(batch, train).map_err(rehome)
+    }
+    fn logits(&self, input_ids: &tch::Tensor, attention_mask: &tch::Tensor) -> Result<tch::Tensor> {
+        self.inner.logits(input_ids, attention_mask).map_err(rehome)
+    }
+    fn parameters(&self) -> Result<Vec<Parameter>> {
+        self.inner.parameters().map_err(rehome)
+    }
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        self.inner.save_pretrained(dir).map_err(rehome)
+    }
+    fn info(&self) -> Result<ModelInfo> {
+        self.inner.info().map_err(rehome)
+    }
+}
+
+impl Metric for Bound<dyn Metric> {
+    fn reset(&mut self) -> Result<()> {
+        self.inner.reset().map_err(rehome)
+    }
+    fn update(&mut self, out: &MlmOutput) -> Result<()> {
+        self.inner.update(out).map_err(rehome)
+    }
+    fn compute(&self) -> Result<BTreeMap<String, f64>> {
+        self.inner.compute().map_err(rehome)
+    }
+    fn update_with_model(&mut self, model: &dyn MlmModel, sequences: &[Vec<i64>], vocab: &VocabInfo) -> Result<()> {
+        self.inner.update_with_model(model, sequences, vocab).map_err(rehome)
+    }
+}
+
+fn entry<'r>(registry: &'r Registry, kind: ComponentKind, name: &str, key: &str) -> Result<&'r Entry> {
+    registry.get(kind, name).map_err(|e| user_msg(format!("{key}: {e}")))
+}
+
+fn bound<T: ?Sized>(inner: Box<T>, e: &Entry) -> Bound<T> {
+    Bound { inner, _library: e.library.clone() }
 }
 
 pub fn dataset(registry: &Registry, name: &str, options: &Options) -> Result<Box<dyn Dataset>> {
-    match factory(registry, ComponentKind::Dataset, name)? {
-        Factory::Dataset(f) => f(options).map_err(|e| user_msg(format!("data.options: {e:#}"))),
-        _ => unreachable!("looked up by kind"),
-    }
+    let e = entry(registry, ComponentKind::Dataset, name, "data.dataset")?;
+    let Builder::Dataset(build) = &e.component.builder else { unreachable!("looked up by kind") };
+    let inner = build(options).map_err(|err| user_msg(format!("data.options: {err:#}")))?;
+    Ok(Box::new(bound(inner, e)))
 }
 
 pub fn masker(
     registry: &Registry,
     name: &str,
     options: &Options,
-    rates: runner_api::MaskingRates,
+    rates: MaskingRates,
     vocab: &VocabInfo,
 ) -> Result<Arc<dyn Masker>> {
-    match factory(registry, ComponentKind::Masker, name)? {
-        Factory::Masker(f) => f(options, rates, vocab).map(Arc::from).map_err(|e| user_msg(format!("masking: {e:#}"))),
-        _ => unreachable!("looked up by kind"),
-    }
+    let e = entry(registry, ComponentKind::Masker, name, "masking.strategy")?;
+    let Builder::Masker(build) = &e.component.builder else { unreachable!("looked up by kind") };
+    let inner = build(options, rates, vocab).map_err(|err| user_msg(format!("masking: {err:#}")))?;
+    Ok(Arc::new(bound(inner, e)))
 }
 
+/// Builds the model. Failures here are the user's to fix (a bad checkpoint or
+/// config), so they exit with code 2.
 pub fn model(registry: &Registry, name: &str, source: &ModelSource) -> Result<Box<dyn MlmModel>> {
-    match factory(registry, ComponentKind::Model, name)? {
-        Factory::Model(f) => f(source).with_context(|| match source.checkpoint {
-            Some(dir) => format!("model `{name}` from {}", dir.display()),
-            None => format!("model `{name}`"),
-        }),
-        _ => unreachable!("looked up by kind"),
-    }
+    let e = entry(registry, ComponentKind::Model, name, "model.name")?;
+    let Builder::Model(build) = &e.component.builder else { unreachable!("looked up by kind") };
+    let inner = build(source).map_err(|err| match source.checkpoint {
+        Some(dir) => user_msg(format!("model `{name}` from {}: {err:#}", dir.display())),
+        None => user_msg(format!("model `{name}`: {err:#}")),
+    })?;
+    Ok(Box::new(bound(inner, e)))
 }
 
 pub fn metrics(registry: &Registry, names: &[String]) -> Result<Vec<Box<dyn Metric>>> {
     names
         .iter()
-        .map(|name| match factory(registry, ComponentKind::Metric, name)? {
-            Factory::Metric(f) => f(&Options::new()),
-            _ => unreachable!("looked up by kind"),
+        .enumerate()
+        .map(|(i, name)| {
+            let e = entry(registry, ComponentKind::Metric, name, &format!("metrics[{i}]"))?;
+            let Builder::Metric(build) = &e.component.builder else { unreachable!("looked up by kind") };
+            let inner = build(&Options::new()).map_err(|err| user_msg(format!("metrics[{i}]: {err:#}")))?;
+            Ok(Box::new(bound(inner, e)) as Box<dyn Metric>)
         })
         .collect()
 }

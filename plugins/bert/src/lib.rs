@@ -13,7 +13,7 @@ use tch::nn::VarStore;
 use tch::Tensor;
 
 use runner_api::{
-    parse_options, Component, Factory, MlmBatch, MlmModel, MlmOutput, ModelSource, ParamDoc, Parameter,
+    parse_options, Component, Factory, MlmBatch, MlmModel, MlmOutput, ModelInfo, ModelSource, ParamDoc, Parameter,
     Registrar,
 };
 
@@ -87,7 +87,7 @@ impl MlmModel for Bert {
         Ok(self.model.logits(input_ids, attention_mask, false))
     }
 
-    fn parameters(&self) -> Vec<Parameter> {
+    fn parameters(&self) -> Result<Vec<Parameter>> {
         let mut vars: Vec<Parameter> = Vec::new();
         let named = self.vs.variables();
         let no_decay = no_decay_set(&self.vs);
@@ -100,7 +100,7 @@ impl MlmModel for Bert {
                 decay: !no_decay.contains(name.as_str()),
             });
         }
-        vars
+        Ok(vars)
     }
 
     fn save_pretrained(&self, dir: &Path) -> Result<()> {
@@ -116,16 +116,13 @@ impl MlmModel for Bert {
         Ok(())
     }
 
-    fn device(&self) -> tch::Device {
-        self.vs.device()
-    }
-
-    fn vocab_size(&self) -> i64 {
-        self.config.vocab_size
-    }
-
-    fn max_positions(&self) -> i64 {
-        self.config.max_position_embeddings
+    fn info(&self) -> Result<ModelInfo> {
+        Ok(ModelInfo {
+            device: self.vs.device(),
+            vocab_size: self.config.vocab_size,
+            max_positions: self.config.max_position_embeddings,
+            num_parameters: self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum(),
+        })
     }
 }
 
@@ -166,6 +163,8 @@ fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
     };
     Ok(Box::new(bert))
 }
+
+runner_api::declare_plugin!("bert", register);
 
 /// Registers this plugin's components.
 pub fn register(r: &mut Registrar) {

@@ -73,7 +73,7 @@ pub fn check_rates(r: &MaskingRates) -> Result<()> {
 }
 
 impl Masker for TokenMasker {
-    fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> MaskedSequence {
+    fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence> {
         let mut input_ids = ids.to_vec();
         let mut labels = vec![IGNORE_INDEX; ids.len()];
         for (i, &id) in ids.iter().enumerate() {
@@ -86,7 +86,7 @@ impl Masker for TokenMasker {
                 input_ids[i] = corrupt(id, &self.rates, self.mask_id, &self.replacements, rng);
             }
         }
-        MaskedSequence { input_ids, labels }
+        Ok(MaskedSequence { input_ids, labels })
     }
 }
 
@@ -94,6 +94,8 @@ fn build_token(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Res
     no_options(options)?;
     Ok(Box::new(TokenMasker::new(rates, vocab)?))
 }
+
+runner_api::declare_plugin!("masking", register);
 
 /// Registers this plugin's components.
 pub fn register(r: &mut Registrar) {
@@ -141,7 +143,7 @@ mod tests {
             let mut ids = vec![2i64];
             ids.extend((0..126).map(|_| seq_rng.random_range(5..1000i64)));
             ids.push(3);
-            let out = masker.mask(&ids, &mut rng);
+            let out = masker.mask(&ids, &mut rng).unwrap();
             for (i, &id) in ids.iter().enumerate() {
                 let special = v.is_special[id as usize];
                 if special {
@@ -182,9 +184,9 @@ mod tests {
         let rates = MaskingRates { rate: 0.3, mask_token: 0.8, random_token: 0.1 };
         let m = TokenMasker::new(rates, &v).unwrap();
         let ids: Vec<i64> = (5..200).collect();
-        let a = m.mask(&ids, &mut ChaCha8Rng::seed_from_u64(1));
-        let b = m.mask(&ids, &mut ChaCha8Rng::seed_from_u64(1));
-        let c = m.mask(&ids, &mut ChaCha8Rng::seed_from_u64(2));
+        let a = m.mask(&ids, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+        let b = m.mask(&ids, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+        let c = m.mask(&ids, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }

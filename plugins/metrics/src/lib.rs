@@ -52,19 +52,20 @@ struct LossMetric {
 }
 
 impl Metric for LossMetric {
-    fn reset(&mut self) {
+    fn reset(&mut self) -> Result<()> {
         self.sum = CrossEntropySum::default();
+        Ok(())
     }
     fn update(&mut self, out: &MlmOutput) -> Result<()> {
         self.sum.update(out)
     }
-    fn compute(&self) -> BTreeMap<String, f64> {
+    fn compute(&self) -> Result<BTreeMap<String, f64>> {
         let mean = self.sum.mean();
-        if self.exponentiate {
+        Ok(if self.exponentiate {
             BTreeMap::from([("perplexity".to_string(), mean.exp())])
         } else {
             BTreeMap::from([("eval_loss".to_string(), mean)])
-        }
+        })
     }
 }
 
@@ -77,9 +78,10 @@ struct TopKAccuracy {
 }
 
 impl Metric for TopKAccuracy {
-    fn reset(&mut self) {
+    fn reset(&mut self) -> Result<()> {
         self.hits = 0;
         self.tokens = 0;
+        Ok(())
     }
     fn update(&mut self, out: &MlmOutput) -> Result<()> {
         let n = out.labels.numel() as i64;
@@ -92,10 +94,10 @@ impl Metric for TopKAccuracy {
         self.tokens += n;
         Ok(())
     }
-    fn compute(&self) -> BTreeMap<String, f64> {
+    fn compute(&self) -> Result<BTreeMap<String, f64>> {
         let name = if self.k == 1 { "accuracy".to_string() } else { format!("top{}_accuracy", self.k) };
         let v = if self.tokens == 0 { f64::NAN } else { self.hits as f64 / self.tokens as f64 };
-        BTreeMap::from([(name, v)])
+        Ok(BTreeMap::from([(name, v)]))
     }
 }
 
@@ -119,6 +121,8 @@ fn build_top5(o: &Options) -> Result<Box<dyn Metric>> {
     no_options(o)?;
     Ok(Box::new(TopKAccuracy { k: 5, hits: 0, tokens: 0 }))
 }
+
+runner_api::declare_plugin!("metrics", register);
 
 /// Registers this plugin's components.
 pub fn register(r: &mut Registrar) {
@@ -152,10 +156,10 @@ mod tests {
         m.update(&output(&logits, &[0, 0, 0], 4)).unwrap();
         let ce_sure = -(20f64.exp() / (20f64.exp() + 3.0)).ln();
         let expect = ((4f64).ln() + 3.0 * ce_sure) / 4.0;
-        assert!((m.compute()["eval_loss"] - expect).abs() < 1e-6);
+        assert!((m.compute().unwrap()["eval_loss"] - expect).abs() < 1e-6);
         let mut p = LossMetric { exponentiate: true, ..Default::default() };
         p.update(&output(&[0.0; 4], &[2], 4)).unwrap();
-        assert!((p.compute()["perplexity"] - 4.0).abs() < 1e-5);
+        assert!((p.compute().unwrap()["perplexity"] - 4.0).abs() < 1e-5);
     }
 
     #[test]
@@ -163,9 +167,9 @@ mod tests {
         let logits = [0.9f32, 0.5, 0.1, 0.0, /* row 2 */ 0.1, 0.2, 0.3, 0.9];
         let mut a1 = TopKAccuracy { k: 1, hits: 0, tokens: 0 };
         a1.update(&output(&logits, &[0, 2], 4)).unwrap();
-        assert_eq!(a1.compute()["accuracy"], 0.5);
+        assert_eq!(a1.compute().unwrap()["accuracy"], 0.5);
         let mut a2 = TopKAccuracy { k: 2, hits: 0, tokens: 0 };
         a2.update(&output(&logits, &[1, 2], 4)).unwrap();
-        assert_eq!(a2.compute()["top2_accuracy"], 1.0);
+        assert_eq!(a2.compute().unwrap()["top2_accuracy"], 1.0);
     }
 }

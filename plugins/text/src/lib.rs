@@ -120,6 +120,8 @@ fn build(options: &Options) -> Result<Box<dyn Dataset>> {
     Ok(Box::new(TextDataset::new(parse_options(options)?)))
 }
 
+runner_api::declare_plugin!("text", register);
+
 /// Registers this plugin's components.
 pub fn register(r: &mut Registrar) {
     r.add(Component {

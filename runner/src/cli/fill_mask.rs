@@ -25,7 +25,7 @@ pub struct Candidate {
 }
 
 /// Predicts every `[MASK]` of `text`: for each, the `top_k` candidates, best first.
-pub fn predict(dir: &Path, text: &str, top_k: usize) -> Result<Vec<Vec<Candidate>>> {
+pub fn predict(registry: &Registry, dir: &Path, text: &str, top_k: usize) -> Result<Vec<Vec<Candidate>>> {
     let tok_path = dir.join("tokenizer.json");
     if !dir.join("config.json").is_file() {
         return Err(user_msg(format!("--model: {} has no config.json", dir.display())));
@@ -35,10 +35,10 @@ pub fn predict(dir: &Path, text: &str, top_k: usize) -> Result<Vec<Vec<Candidate
     }
     let tok = tokenizer::load(&tok_path)?;
     let vocab = tokenizer::vocab_info(&tok, &tok_path)?;
-    let registry = Registry::builtin()?;
     let options = Options::new();
     let source = ModelSource { checkpoint: Some(dir), options: &options, device: tch::Device::Cpu };
-    let model = components::model(&registry, "bert", &source).map_err(crate::error::user)?;
+    let model = components::model(registry, "bert", &source)?;
+    let max_positions = model.info()?.max_positions;
 
     let enc = tok.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
     let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
@@ -46,11 +46,12 @@ pub fn predict(dir: &Path, text: &str, top_k: usize) -> Result<Vec<Vec<Candidate
     if masks.is_empty() {
         return Err(user_msg("the text has no [MASK] token"));
     }
-    if ids.len() as i64 > model.max_positions() {
-        return Err(user_msg(format!("the text has {} tokens; the model takes at most {}", ids.len(), model.max_positions())));
+    if ids.len() as i64 > max_positions {
+        return Err(user_msg(format!("the text has {} tokens; the model takes at most {max_positions}", ids.len())));
     }
     let input = Tensor::from_slice(&ids).unsqueeze(0); // (1, T)
     let logits = tch::no_grad(|| model.logits(&input, &input.ones_like()))?; // (1, T, V)
+    let logits = logits.to_device(tch::Device::Cpu);
     let k = top_k.min(vocab.vocab_size).max(1) as i64;
     masks
         .iter()
@@ -74,7 +75,8 @@ pub fn predict(dir: &Path, text: &str, top_k: usize) -> Result<Vec<Vec<Candidate
 }
 
 pub fn fill_mask(dir: &Path, text: &str, top_k: usize, json: bool) -> Result<()> {
-    let per_mask = predict(dir, text, top_k)?;
+    let registry = Registry::discover(&[])?;
+    let per_mask = predict(&registry, dir, text, top_k)?;
     if json {
         // One mask: a flat list, as the transformers pipeline returns; several: a list per mask.
         let out = if per_mask.len() == 1 { serde_json::to_string_pretty(&per_mask[0])? } else { serde_json::to_string_pretty(&per_mask)? };

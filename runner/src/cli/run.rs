@@ -7,8 +7,8 @@ use crate::recipe;
 use crate::registry::Registry;
 
 pub fn run(args: &RecipeArgs, overwrite: bool) -> Result<()> {
-    let registry = Registry::builtin()?;
     let raw = recipe::load(&args.recipe, &args.overrides)?;
+    let registry = Registry::discover(&raw.plugins)?;
     let r = recipe::resolve(raw, &args.recipe, &registry)?;
     let outcome = crate::train::run(&r, &registry, overwrite)?;
     let s = &outcome.summary;

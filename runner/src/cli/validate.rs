@@ -7,8 +7,8 @@ use crate::recipe;
 use crate::registry::Registry;
 
 pub fn validate(args: &RecipeArgs) -> Result<()> {
-    let registry = Registry::builtin()?;
     let raw = recipe::load(&args.recipe, &args.overrides)?;
+    let registry = Registry::discover(&raw.plugins)?;
     let r = recipe::resolve(raw, &args.recipe, &registry)?;
     println!(
         "{}: ok (run `{}`, model `{}`, dataset `{}`, masking `{}`, metrics {})",

@@ -7,6 +7,7 @@
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
+use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -65,12 +66,8 @@ impl Batch {
     }
 }
 
-fn masked(examples: &Examples, idx: impl Iterator<Item = usize>, masker: &dyn Masker, rng: &mut ChaCha8Rng) -> Vec<MaskedSequence> {
-    idx.map(|i| {
-        let ids: Vec<i64> = examples.get(i).iter().map(|&t| t as i64).collect();
-        masker.mask(&ids, rng)
-    })
-    .collect()
+fn masked(examples: &Examples, idx: impl Iterator<Item = usize>, masker: &dyn Masker, rng: &mut ChaCha8Rng) -> Result<Vec<MaskedSequence>> {
+    idx.map(|i| masker.mask(&examples.ids(i), rng)).collect()
 }
 
 /// Makes training micro-batches: shuffled each epoch, masked afresh each time.
@@ -96,7 +93,7 @@ impl BatchMaker {
     }
 
     /// Micro-batch number `i` (counting from 0 over the whole run).
-    pub fn batch(&self, i: u64, cache: &mut Option<(u64, Vec<usize>)>) -> Batch {
+    pub fn batch(&self, i: u64, cache: &mut Option<(u64, Vec<usize>)>) -> Result<Batch> {
         let per_epoch = self.batches_per_epoch();
         let (epoch, pos) = (i / per_epoch, (i % per_epoch) as usize);
         if cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
@@ -107,19 +104,21 @@ impl BatchMaker {
         // Masks: seed's key, stream u64::MAX - i keeps them apart from the shuffle streams.
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(u64::MAX - i);
-        Batch::pad(masked(&self.examples, rows.iter().copied(), self.masker.as_ref(), &mut rng), self.pad_id)
+        Ok(Batch::pad(masked(&self.examples, rows.iter().copied(), self.masker.as_ref(), &mut rng)?, self.pad_id))
     }
 
     /// Builds micro-batches `start..end` on a background thread, a few ahead.
-    pub fn prefetch(self: Arc<Self>, start: u64, end: u64) -> Receiver<Batch> {
+    pub fn prefetch(self: Arc<Self>, start: u64, end: u64) -> Receiver<Result<Batch>> {
         let (tx, rx) = sync_channel(4);
         std::thread::Builder::new()
             .name("batches".into())
             .spawn(move || {
                 let mut cache = None;
                 for i in start..end {
-                    if tx.send(self.batch(i, &mut cache)).is_err() {
-                        return; // the trainer stopped early
+                    let batch = self.batch(i, &mut cache);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        return; // the trainer stopped early, or masking failed
                     }
                 }
             })
@@ -132,20 +131,22 @@ impl BatchMaker {
 /// run, and every run with the same data and `eval.seed`, scores the same tokens.
 pub struct EvalSet {
     pub batches: Vec<Batch>,
+    /// The same sequences unmasked, for metrics that run the model themselves.
+    pub sequences: Vec<Vec<i64>>,
 }
 
 impl EvalSet {
-    pub fn new(examples: &Examples, masker: &dyn Masker, batch_size: usize, max_sequences: Option<usize>, seed: u64, pad_id: i64) -> Self {
+    pub fn new(examples: &Examples, masker: &dyn Masker, batch_size: usize, max_sequences: Option<usize>, seed: u64, pad_id: i64) -> Result<Self> {
         let n = max_sequences.map_or(examples.len(), |m| m.min(examples.len()));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let seqs = masked(examples, 0..n, masker, &mut rng);
+        let seqs = masked(examples, 0..n, masker, &mut rng)?;
         let mut batches = Vec::new();
         let mut it = seqs.into_iter().peekable();
         while it.peek().is_some() {
             let chunk: Vec<MaskedSequence> = it.by_ref().take(batch_size).collect();
             batches.push(Batch::pad(chunk, pad_id));
         }
-        EvalSet { batches }
+        Ok(EvalSet { batches, sequences: (0..n).map(|i| examples.ids(i)).collect() })
     }
 
     pub fn sequences(&self) -> usize {

@@ -46,6 +46,11 @@ impl Examples {
         &self.tokens[self.offsets[i]..self.offsets[i + 1]]
     }
 
+    /// Example `i` as int64 ids.
+    pub fn ids(&self, i: usize) -> Vec<i64> {
+        self.get(i).iter().map(|&t| t as i64).collect()
+    }
+
     pub fn num_tokens(&self) -> usize {
         self.tokens.len()
     }

@@ -22,6 +22,9 @@ pub struct RawRecipe {
     pub eval: EvalSection,
     #[serde(default = "default_metrics")]
     pub metrics: Vec<String>,
+    /// Extra plugin libraries or folders of them, loaded before the recipe is checked.
+    #[serde(default)]
+    pub plugins: Vec<PathBuf>,
 }
 
 /// `run:` what the run is called, its seed and where results go.

@@ -114,10 +114,13 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
 
     // data
     let d = &raw.data;
-    if let Err(e) = registry.get(ComponentKind::Dataset, &d.dataset) {
-        p.push("data.dataset", e);
-    } else if let Err(e) = (registry.get(ComponentKind::Dataset, &d.dataset).unwrap().check)(&d.options) {
-        p.push("data.options", format!("{e:#}"));
+    match registry.get(ComponentKind::Dataset, &d.dataset) {
+        Err(e) => p.push("data.dataset", e),
+        Ok(c) => {
+            if let Err(e) = (c.component.check)(&d.options) {
+                p.push("data.options", format!("{e:#}"));
+            }
+        }
     }
     existing(&mut p, "data.train", &d.train, "training corpus");
     let eval_source = match &d.eval {
@@ -142,7 +145,7 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
     match registry.get(ComponentKind::Model, &m.name) {
         Err(e) => p.push("model.name", e),
         Ok(c) => {
-            if let Err(e) = (c.check)(&m.options) {
+            if let Err(e) = (c.component.check)(&m.options) {
                 p.push("model.options", format!("{e:#}"));
             }
         }
@@ -181,7 +184,7 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
     match registry.get(ComponentKind::Masker, &mk.strategy) {
         Err(e) => p.push("masking.strategy", e),
         Ok(c) => {
-            if let Err(e) = (c.check)(&mk.options) {
+            if let Err(e) = (c.component.check)(&mk.options) {
                 p.push("masking.options", format!("{e:#}"));
             }
         }

@@ -87,27 +87,27 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
         recipe.raw.eval.max_sequences,
         recipe.raw.eval.seed,
         vocab.pad_id,
-    );
+    )?;
     let model_section = &recipe.raw.model;
     let source = ModelSource {
         checkpoint: model_section.checkpoint.as_deref(),
         options: &model_section.options,
         device: recipe.device,
     };
-    let model = components::model(registry, &model_section.name, &source).map_err(crate::error::user)?;
-    if (vocab.vocab_size as i64) > model.vocab_size() {
+    let model = components::model(registry, &model_section.name, &source)?;
+    let info = model.info()?;
+    if (vocab.vocab_size as i64) > info.vocab_size {
         bail!(user_msg(format!(
             "tokenizer.path: {} has {} tokens but the model's vocabulary has {}",
             recipe.tokenizer.display(),
             vocab.vocab_size,
-            model.vocab_size()
+            info.vocab_size
         )));
     }
-    if recipe.max_seq_len as i64 > model.max_positions() {
+    if recipe.max_seq_len as i64 > info.max_positions {
         bail!(user_msg(format!(
             "data.max_seq_len: {} is longer than the model's {} positions",
-            recipe.max_seq_len,
-            model.max_positions()
+            recipe.max_seq_len, info.max_positions
         )));
     }
     let metrics = components::metrics(registry, &recipe.raw.metrics)?;
@@ -132,8 +132,8 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     };
     tracing::info!(
         "model: {} parameters on {:?}; {} steps of {} x {} sequences, warmup {}; eval on {} sequences ({} masked tokens)",
-        model.num_parameters(),
-        model.device(),
+        info.num_parameters,
+        info.device,
         total_steps,
         t.batch_size,
         t.grad_accum_steps,
@@ -143,7 +143,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     );
 
     let optimizer = AdamW::new(
-        model.parameters(),
+        model.parameters()?,
         AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay },
     );
     let mut trainer = Trainer {
@@ -154,7 +154,9 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
         log_every: t.log_every,
         eval_every: recipe.raw.eval.every,
         eval_at_start: recipe.raw.eval.at_start,
-        table: MetricsTable::new(metric_columns(&metrics)),
+        table: MetricsTable::new(metric_columns(&metrics)?),
+        device: info.device,
+        vocab,
         model,
         optimizer,
         batches,
@@ -177,7 +179,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
         steps: total_steps,
         epochs: total_steps as f64 / steps_per_epoch,
         train_tokens: fit.tokens,
-        parameters: trainer.model.num_parameters(),
+        parameters: info.num_parameters,
         final_train_loss: table.rows.iter().rev().find_map(|r| r.train_loss),
         initial_eval_loss: evals.first().and_then(eval_loss),
         final_eval_loss: evals.last().and_then(eval_loss),
@@ -226,8 +228,12 @@ fn copy_tokenizer_files(tokenizer: &Path, dir: &Path) -> Result<()> {
 }
 
 /// Names of the eval columns the metrics produce.
-fn metric_columns(metrics: &[Box<dyn Metric>]) -> Vec<String> {
-    metrics.iter().flat_map(|m| m.compute().into_keys()).collect()
+fn metric_columns(metrics: &[Box<dyn Metric>]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for m in metrics {
+        names.extend(m.compute()?.into_keys());
+    }
+    Ok(names)
 }
 
 /// What the loop measured.
@@ -242,6 +248,8 @@ pub struct FitStats {
 /// The training loop and everything it owns.
 pub struct Trainer {
     pub model: Box<dyn MlmModel>,
+    pub device: tch::Device,
+    pub vocab: runner_api::VocabInfo,
     pub optimizer: AdamW,
     pub schedule: LrSchedule,
     pub batches: Arc<BatchMaker>,
@@ -264,7 +272,7 @@ impl Trainer {
 
     /// Evaluates, adds the row, and rewrites the metrics tables.
     fn eval_row(&mut self, step: u64, elapsed: f64) -> Result<String> {
-        let values = evaluate(self.model.as_ref(), &self.eval_set, &mut self.metrics)?;
+        let values = evaluate(self.model.as_ref(), self.device, &self.eval_set, &self.vocab, &mut self.metrics)?;
         let shown = values.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ");
         let row = Row { step, epoch: self.epoch_at(step), lr: self.schedule.lr(step), elapsed_s: elapsed, eval: values, ..Default::default() };
         self.table.push(row);
@@ -274,7 +282,7 @@ impl Trainer {
 
     pub fn fit(&mut self) -> Result<FitStats> {
         let started = Instant::now();
-        let device = self.model.device();
+        let device = self.device;
         let batches = self.batches.clone().prefetch(0, self.total_steps * self.grad_accum);
         let bar = ProgressBar::new(self.total_steps).with_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed_precise} < {eta_precise}]")
@@ -297,7 +305,7 @@ impl Trainer {
             // 2. micro-batches, gradients accumulated; each micro-batch weighs 1/accum
             let mut step_loss = 0.0;
             for _ in 0..self.grad_accum {
-                let batch = batches.recv().context("the batch thread stopped")?;
+                let batch = batches.recv().context("the batch thread stopped")??;
                 window_tokens += batch.tokens as u64;
                 let out = self.model.forward_mlm(&batch.to_device(device), true)?;
                 let loss = out.loss / self.grad_accum as f64;

@@ -1,0 +1,210 @@
+//! Panic guards at the plugin boundary.
+//!
+//! A panic must not unwind out of a plugin: the runner's standard library
+//! cannot catch a panic raised by the plugin's copy of it. So every call into
+//! a component goes through [`guard`], and the wrappers here are built inside
+//! [`Registrar::add`](crate::Registrar::add), which runs in the plugin: the
+//! `catch_unwind` happens on the plugin's side, and the runner receives an
+//! error that names the plugin, the component and the call.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::{
+    Component, ComponentKind, Dataset, Document, Factory, MaskedSequence, Masker, MaskingRates, Metric, MlmBatch,
+    MlmModel, MlmOutput, ModelInfo, ModelSource, Options, ParamDoc, Parameter, RngCore, VocabInfo,
+};
+
+/// Which component a call belongs to, for error messages.
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub plugin: String,
+    pub kind: ComponentKind,
+    pub name: &'static str,
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// Runs `f`, turning a panic into an error naming the plugin and component.
+pub fn guard<T>(who: &Who, call: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => Err(anyhow::anyhow!(
+            "plugin `{}` panicked in {} `{}` ({call}): {}",
+            who.plugin,
+            who.kind,
+            who.name,
+            panic_message(payload)
+        )),
+    }
+}
+
+struct GuardedDataset {
+    inner: Box<dyn Dataset>,
+    who: Who,
+}
+
+impl Dataset for GuardedDataset {
+    fn read(&self, path: &Path) -> Result<Vec<Document>> {
+        guard(&self.who, "read", || self.inner.read(path))
+    }
+}
+
+struct GuardedMasker {
+    inner: Box<dyn Masker>,
+    who: Who,
+}
+
+impl Masker for GuardedMasker {
+    fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence> {
+        guard(&self.who, "mask", || self.inner.mask(ids, rng))
+    }
+}
+
+struct GuardedModel {
+    inner: Box<dyn MlmModel>,
+    who: Who,
+}
+
+impl MlmModel for GuardedModel {
+    fn forward_mlm(&self, batch: &MlmBatch, train: bool) -> Result<MlmOutput> {
+        guard(&self.who, "forward_mlm", || self.inner.forward_mlm(batch, train))
+    }
+    fn logits(&self, input_ids: &tch::Tensor, attention_mask: &tch::Tensor) -> Result<tch::Tensor> {
+        guard(&self.who, "logits", || self.inner.logits(input_ids, attention_mask))
+    }
+    fn parameters(&self) -> Result<Vec<Parameter>> {
+        guard(&self.who, "parameters", || self.inner.parameters())
+    }
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        guard(&self.who, "save_pretrained", || self.inner.save_pretrained(dir))
+    }
+    fn info(&self) -> Result<ModelInfo> {
+        guard(&self.who, "info", || self.inner.info())
+    }
+}
+
+struct GuardedMetric {
+    inner: Box<dyn Metric>,
+    who: Who,
+}
+
+impl Metric for GuardedMetric {
+    fn reset(&mut self) -> Result<()> {
+        guard(&self.who.clone(), "reset", || self.inner.reset())
+    }
+    fn update(&mut self, out: &MlmOutput) -> Result<()> {
+        guard(&self.who.clone(), "update", || self.inner.update(out))
+    }
+    fn compute(&self) -> Result<BTreeMap<String, f64>> {
+        guard(&self.who, "compute", || self.inner.compute())
+    }
+    fn update_with_model(&mut self, model: &dyn MlmModel, sequences: &[Vec<i64>], vocab: &VocabInfo) -> Result<()> {
+        guard(&self.who.clone(), "update_with_model", || self.inner.update_with_model(model, sequences, vocab))
+    }
+}
+
+pub type BuildDataset = Arc<dyn Fn(&Options) -> Result<Box<dyn Dataset>> + Send + Sync>;
+pub type BuildMasker = Arc<dyn Fn(&Options, MaskingRates, &VocabInfo) -> Result<Box<dyn Masker>> + Send + Sync>;
+pub type BuildModel = Arc<dyn Fn(&ModelSource) -> Result<Box<dyn MlmModel>> + Send + Sync>;
+pub type BuildMetric = Arc<dyn Fn(&Options) -> Result<Box<dyn Metric>> + Send + Sync>;
+pub type Check = Arc<dyn Fn(&Options) -> Result<()> + Send + Sync>;
+
+/// A guarded factory, by kind.
+#[derive(Clone)]
+pub enum Builder {
+    Dataset(BuildDataset),
+    Masker(BuildMasker),
+    Model(BuildModel),
+    Metric(BuildMetric),
+}
+
+/// A component as the registry keeps it: its docs, and guarded calls.
+#[derive(Clone)]
+pub struct Registered {
+    pub plugin: String,
+    pub kind: ComponentKind,
+    pub name: &'static str,
+    pub doc: &'static str,
+    pub params: Vec<ParamDoc>,
+    pub check: Check,
+    pub builder: Builder,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered").field("plugin", &self.plugin).field("kind", &self.kind).field("name", &self.name).finish()
+    }
+}
+
+impl Registered {
+    /// Wraps a plugin's component. Runs inside the plugin (see the module docs).
+    pub fn new(plugin: &str, c: Component) -> Self {
+        let who = Who { plugin: plugin.to_string(), kind: c.factory.kind(), name: c.name };
+        let check_fn = c.check;
+        let w = who.clone();
+        let check: Check = Arc::new(move |o: &Options| guard(&w, "check", || check_fn(o)));
+        let w = who.clone();
+        let builder = match c.factory {
+            Factory::Dataset(f) => Builder::Dataset(Arc::new(move |o: &Options| {
+                let inner = guard(&w, "build", || f(o))?;
+                Ok(Box::new(GuardedDataset { inner, who: w.clone() }) as Box<dyn Dataset>)
+            })),
+            Factory::Masker(f) => Builder::Masker(Arc::new(move |o: &Options, r: MaskingRates, v: &VocabInfo| {
+                let inner = guard(&w, "build", || f(o, r, v))?;
+                Ok(Box::new(GuardedMasker { inner, who: w.clone() }) as Box<dyn Masker>)
+            })),
+            Factory::Model(f) => Builder::Model(Arc::new(move |s: &ModelSource| {
+                let inner = guard(&w, "build", || f(s))?;
+                Ok(Box::new(GuardedModel { inner, who: w.clone() }) as Box<dyn MlmModel>)
+            })),
+            Factory::Metric(f) => Builder::Metric(Arc::new(move |o: &Options| {
+                let inner = guard(&w, "build", || f(o))?;
+                Ok(Box::new(GuardedMetric { inner, who: w.clone() }) as Box<dyn Metric>)
+            })),
+        };
+        Registered { plugin: who.plugin, kind: who.kind, name: c.name, doc: c.doc, params: c.params, check, builder }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panicking_dataset(_: &Options) -> Result<Box<dyn Dataset>> {
+        panic!("corpus on fire")
+    }
+
+    #[test]
+    fn a_panic_in_a_factory_becomes_an_error_naming_the_plugin() {
+        let r = Registered::new(
+            "demo",
+            Component {
+                name: "boom",
+                doc: "",
+                params: vec![],
+                check: crate::no_options,
+                factory: Factory::Dataset(panicking_dataset),
+            },
+        );
+        let Builder::Dataset(build) = &r.builder else { panic!("dataset builder expected") };
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let err = build(&Options::new()).err().expect("the panic is an error").to_string();
+        std::panic::set_hook(prev);
+        assert!(err.contains("plugin `demo` panicked in dataset `boom` (build): corpus on fire"), "{err}");
+    }
+}
