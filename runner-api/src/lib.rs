@@ -115,6 +115,8 @@ pub struct VocabInfo {
     pub is_special: Vec<bool>,
     /// `is_continuation[id]`: a WordPiece `##` piece that continues the previous word.
     pub is_continuation: Vec<bool>,
+    /// `tokens[id]`: the token's string in the vocabulary.
+    pub tokens: Vec<String>,
 }
 
 impl VocabInfo {

@@ -1,15 +1,19 @@
-//! Masking strategies. `bert`: BERT's token masking (Devlin et al., 2019).
+//! Masking strategies:
+//! - `bert`: BERT's token masking (Devlin et al., 2019), here;
+//! - `whole_word` and `span` (SpanBERT), in `words.rs`.
 //!
 //! Each non-special token is chosen with probability `rate`; a chosen token
 //! becomes `[MASK]` with probability `mask_token`, a random non-special token
 //! with probability `random_token`, and stays unchanged otherwise. Labels hold
 //! the original id at chosen positions and `IGNORE_INDEX` elsewhere.
 
+pub mod words;
+
 use anyhow::{bail, Result};
 use rand::Rng;
 
 use runner_api::{
-    no_options, Component, Factory, MaskedSequence, Masker, MaskingRates, Options, Registrar, RngCore,
+    no_options, parse_options, Component, ParamDoc, Factory, MaskedSequence, Masker, MaskingRates, Options, Registrar, RngCore,
     VocabInfo, IGNORE_INDEX,
 };
 
@@ -106,6 +110,32 @@ pub fn register(r: &mut Registrar) {
         check: no_options,
         factory: Factory::Masker(build_token),
     });
+    r.add(Component {
+        name: "whole_word",
+        doc: "whole-word masking: each word (with its ## pieces) chosen with `rate`, corrupted as one",
+        params: vec![],
+        check: no_options,
+        factory: Factory::Masker(build_whole_word),
+    });
+    r.add(Component {
+        name: "span",
+        doc: "SpanBERT: spans of whole words, geometric lengths, until `rate` of the tokens are chosen",
+        params: vec![
+            ParamDoc { name: "p", default: "0.2", doc: "geometric distribution parameter of span lengths (words)" },
+            ParamDoc { name: "max_words", default: "10", doc: "longest span, in words" },
+        ],
+        check: |o| parse_options::<words::SpanOptions>(o)?.check(),
+        factory: Factory::Masker(build_span),
+    });
+}
+
+fn build_whole_word(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Result<Box<dyn Masker>> {
+    no_options(options)?;
+    Ok(Box::new(words::WholeWordMasker::new(rates, vocab)?))
+}
+
+fn build_span(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Result<Box<dyn Masker>> {
+    Ok(Box::new(words::SpanMasker::new(rates, vocab, parse_options(options)?)?))
 }
 
 #[cfg(test)]
@@ -125,6 +155,7 @@ mod tests {
             sep_id: 3,
             is_special: (0..n).map(|i| i < 5).collect(),
             is_continuation: vec![false; n],
+            tokens: (0..n).map(|i| format!("t{i}")).collect(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Command-line types (clap) and dispatch: one file per subcommand.
 
 pub mod fill_mask;
+mod new_plugin;
+mod plugins;
 mod run;
 mod validate;
 
@@ -60,6 +62,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List every component the plugins offer: kind, name, parameters, docs.
+    Plugins {
+        /// Also load these plugin libraries or folders.
+        #[arg(long = "plugin", value_name = "PATH")]
+        extra: Vec<PathBuf>,
+    },
+    /// Create a plugin crate (outside this workspace) that builds with `cargo build`.
+    NewPlugin {
+        /// Plugin name: letters, digits, '-' and '_'.
+        name: String,
+        /// Folder to create it in (default: the current folder).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// Logs go to stderr; `RUST_LOG` decides the level (default: info).
@@ -75,5 +91,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run { recipe, overwrite } => run::run(&recipe, overwrite),
         Command::Validate { recipe } => validate::validate(&recipe),
         Command::FillMask { model, text, top_k, json } => fill_mask::fill_mask(&model, &text, top_k, json),
+        Command::Plugins { extra } => plugins::list(&extra),
+        Command::NewPlugin { name, dir } => new_plugin::create(&name, &dir),
     }
 }

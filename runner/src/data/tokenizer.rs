@@ -42,10 +42,12 @@ pub fn vocab_info(tok: &Tokenizer, path: &Path) -> Result<VocabInfo> {
         is_special[unk as usize] = true;
     }
     let mut is_continuation = vec![false; vocab_size];
+    let mut tokens = vec![String::new(); vocab_size];
     for (token, id) in tok.get_vocab(true) {
-        if token.starts_with("##") && (id as usize) < vocab_size {
-            is_continuation[id as usize] = true;
+        if (id as usize) < vocab_size {
+            is_continuation[id as usize] = token.starts_with("##");
+            tokens[id as usize] = token;
         }
     }
-    Ok(VocabInfo { vocab_size, mask_id, pad_id, cls_id, sep_id, is_special, is_continuation })
+    Ok(VocabInfo { vocab_size, mask_id, pad_id, cls_id, sep_id, is_special, is_continuation, tokens })
 }

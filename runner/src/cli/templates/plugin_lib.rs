@@ -1,0 +1,73 @@
+//! The `{{name}}` plugin: one masking strategy, `{{name}}-long-words`, as a
+//! starting point. Add datasets, maskers, models or metrics in `register`.
+
+use anyhow::Result;
+use rand::Rng;
+use serde::Deserialize;
+
+use runner_api::{
+    parse_options, Component, Factory, MaskedSequence, Masker, MaskingRates, Options, ParamDoc, Registrar,
+    RngCore, VocabInfo, IGNORE_INDEX,
+};
+
+runner_api::declare_plugin!("{{name}}", register);
+
+/// Recipe `masking.options`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LongWordOptions {
+    /// Only tokens with at least this many characters are chosen.
+    #[serde(default = "default_min_chars")]
+    min_chars: usize,
+}
+
+fn default_min_chars() -> usize {
+    4
+}
+
+/// BERT-style masking restricted to long tokens.
+struct LongWordMasker {
+    rates: MaskingRates,
+    mask_id: i64,
+    eligible: Vec<bool>,
+    replacements: Vec<i64>,
+}
+
+impl Masker for LongWordMasker {
+    fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence> {
+        let mut input_ids = ids.to_vec();
+        let mut labels = vec![IGNORE_INDEX; ids.len()];
+        for (i, &id) in ids.iter().enumerate() {
+            if !self.eligible[id as usize] || rng.random::<f64>() >= self.rates.rate {
+                continue;
+            }
+            labels[i] = id;
+            let r: f64 = rng.random();
+            if r < self.rates.mask_token {
+                input_ids[i] = self.mask_id;
+            } else if r < self.rates.mask_token + self.rates.random_token {
+                input_ids[i] = self.replacements[rng.random_range(0..self.replacements.len())];
+            }
+        }
+        Ok(MaskedSequence { input_ids, labels })
+    }
+}
+
+fn build(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Result<Box<dyn Masker>> {
+    let opts: LongWordOptions = parse_options(options)?;
+    let eligible = (0..vocab.vocab_size)
+        .map(|id| !vocab.is_special[id] && vocab.tokens[id].trim_start_matches("##").chars().count() >= opts.min_chars)
+        .collect();
+    Ok(Box::new(LongWordMasker { rates, mask_id: vocab.mask_id, eligible, replacements: vocab.replacement_ids() }))
+}
+
+/// Registers this plugin's components.
+pub fn register(r: &mut Registrar) {
+    r.add(Component {
+        name: "{{name}}-long-words",
+        doc: "BERT masking of tokens with at least `min_chars` characters",
+        params: vec![ParamDoc { name: "min_chars", default: "4", doc: "shortest token that may be chosen" }],
+        check: |o| parse_options::<LongWordOptions>(o).map(|_| ()),
+        factory: Factory::Masker(build),
+    });
+}
