@@ -139,3 +139,52 @@ fn fill_mask_matches_the_transformers_pipeline() {
         assert_eq!(o.sequence, t["sequence"].as_str().unwrap());
     }
 }
+
+/// Pseudo-perplexity from the metric plugin (batched, through the real binary)
+/// equals a direct computation, one masked token at a time, on the same checkpoint.
+#[test]
+fn pseudo_perplexity_equals_a_direct_one_token_at_a_time_computation() {
+    use runner::data::{examples::Examples, tokenizer};
+    let out = tempfile::tempdir().unwrap();
+    let dir = format!("run.output_dir={}", out.path().display());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .args(["run", "tests/recipes/tiny.yaml", "--set", &dir, "--set", "training.max_steps=2"])
+        .args(["--set", "data.eval=tests/fixtures/toy-corpus.txt", "--set", "data.examples=line_by_line"])
+        .args(["--set", "eval.max_sequences=3", "--set", "eval.every=0", "--set", "metrics=[loss, pseudo_perplexity]"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = std::fs::read_to_string(out.path().join("tiny/metrics.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "pseudo_perplexity").expect("a pseudo_perplexity column");
+    let last = csv.lines().last().unwrap().split(',').nth(col).unwrap().parse::<f64>().unwrap();
+
+    // Direct: the exported checkpoint, the first 3 eval lines, each token masked alone.
+    let ckpt = out.path().join("tiny/checkpoint");
+    let model = Bert::from_pretrained(&ckpt, &serde_yaml::Mapping::new(), Device::Cpu).unwrap();
+    let tok = tokenizer::load(&ckpt.join("tokenizer.json")).unwrap();
+    let vocab = tokenizer::vocab_info(&tok, &ckpt).unwrap();
+    let text = std::fs::read_to_string(root().join("tests/fixtures/toy-corpus.txt")).unwrap();
+    let docs: Vec<Vec<String>> = vec![text.lines().filter(|l| !l.trim().is_empty()).take(3).map(str::to_string).collect()];
+    let ex = Examples::build(&docs, &tok, &vocab, runner::recipe::raw::ExampleMode::LineByLine, 32).unwrap();
+    let (mut sum, mut n) = (0.0, 0);
+    for i in 0..ex.len() {
+        let ids = ex.ids(i);
+        for p in 0..ids.len() {
+            if vocab.is_special[ids[p] as usize] {
+                continue;
+            }
+            let mut masked = ids.clone();
+            masked[p] = vocab.mask_id;
+            let input = Tensor::from_slice(&masked).unsqueeze(0);
+            let logits = tch::no_grad(|| model.logits(&input, &input.ones_like()).unwrap());
+            sum += logits.get(0).get(p as i64).log_softmax(-1, Kind::Double).double_value(&[ids[p]]);
+            n += 1;
+        }
+    }
+    let direct = (-sum / n as f64).exp();
+    assert!(n > 20, "scored {n} tokens");
+    assert!((last - direct).abs() < 1e-4 * direct, "metric {last}, direct {direct}");
+}

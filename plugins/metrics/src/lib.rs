@@ -2,13 +2,19 @@
 //! `eval_loss`), `perplexity` (exp of that mean), `accuracy` (top-1) and
 //! `top5_accuracy`. Each sums over every masked token of the eval pass, so the
 //! result does not depend on how the tokens were batched.
+//!
+//! `pseudo_perplexity` (Salazar et al., 2020) runs the model itself: each
+//! token of each eval sequence is masked in turn (batched), and
+//! PPPL = exp(-mean log p(token | rest)).
 
 use std::collections::BTreeMap;
 
 use anyhow::Result;
 use tch::{Kind, Reduction, Tensor};
 
-use runner_api::{no_options, Component, Factory, Metric, MlmOutput, Options, Registrar, IGNORE_INDEX};
+use runner_api::{
+    no_options, Component, Factory, Metric, MlmModel, MlmOutput, Options, ParamDoc, Registrar, VocabInfo, IGNORE_INDEX,
+};
 
 /// Summed cross-entropy and token count over an eval pass.
 #[derive(Debug, Default)]
@@ -102,6 +108,68 @@ impl Metric for TopKAccuracy {
 }
 
 
+/// Pseudo-perplexity over the first `max_sequences` eval sequences.
+#[derive(Debug)]
+pub struct PseudoPerplexity {
+    pub max_sequences: usize,
+    /// Masked copies scored per forward pass.
+    pub batch_size: usize,
+    log_prob_sum: f64,
+    tokens: i64,
+}
+
+impl PseudoPerplexity {
+    pub fn new(max_sequences: usize, batch_size: usize) -> Self {
+        PseudoPerplexity { max_sequences, batch_size, log_prob_sum: 0.0, tokens: 0 }
+    }
+}
+
+impl Metric for PseudoPerplexity {
+    fn reset(&mut self) -> Result<()> {
+        (self.log_prob_sum, self.tokens) = (0.0, 0);
+        Ok(())
+    }
+    fn update(&mut self, _: &MlmOutput) -> Result<()> {
+        Ok(())
+    }
+    fn update_with_model(&mut self, model: &dyn MlmModel, sequences: &[Vec<i64>], vocab: &VocabInfo) -> Result<()> {
+        let device = model.info()?.device;
+        let _guard = tch::no_grad_guard();
+        for seq in sequences.iter().take(self.max_sequences) {
+            let t = seq.len() as i64;
+            let positions: Vec<usize> =
+                (0..seq.len()).filter(|&i| !vocab.is_special.get(seq[i] as usize).copied().unwrap_or(false)).collect();
+            for chunk in positions.chunks(self.batch_size.max(1)) {
+                let n = chunk.len() as i64;
+                // n copies of the sequence, copy j with position chunk[j] masked: (n, T)
+                let mut ids: Vec<i64> = Vec::with_capacity(chunk.len() * seq.len());
+                for &p in chunk {
+                    ids.extend(seq.iter().enumerate().map(|(i, &id)| if i == p { vocab.mask_id } else { id }));
+                }
+                let input = Tensor::from_slice(&ids).view([n, t]).to_device(device);
+                let logits = model.logits(&input, &input.ones_like())?; // (n, T, V)
+                let rows = Tensor::arange(n, (Kind::Int64, device));
+                let cols = Tensor::from_slice(&chunk.iter().map(|&p| p as i64).collect::<Vec<_>>()).to_device(device);
+                let picked = logits.f_index(&[Some(rows), Some(cols)])?; // (n, V)
+                let targets = Tensor::from_slice(&chunk.iter().map(|&p| seq[p]).collect::<Vec<_>>()).to_device(device);
+                let log_probs = picked.f_log_softmax(-1, Kind::Float)?.f_gather(1, &targets.unsqueeze(1), false)?;
+                self.log_prob_sum += log_probs.f_sum(Kind::Double)?.f_double_value(&[])?;
+                self.tokens += n;
+            }
+        }
+        Ok(())
+    }
+    fn compute(&self) -> Result<BTreeMap<String, f64>> {
+        let v = if self.tokens == 0 { f64::NAN } else { (-self.log_prob_sum / self.tokens as f64).exp() };
+        Ok(BTreeMap::from([("pseudo_perplexity".to_string(), v)]))
+    }
+}
+
+fn build_pppl(o: &Options) -> Result<Box<dyn Metric>> {
+    no_options(o)?;
+    Ok(Box::new(PseudoPerplexity::new(16, 64)))
+}
+
 fn build_loss(o: &Options) -> Result<Box<dyn Metric>> {
     no_options(o)?;
     Ok(Box::new(LossMetric::default()))
@@ -131,6 +199,13 @@ pub fn register(r: &mut Registrar) {
     r.add(metric("perplexity", "perplexity: exp(eval_loss)", build_perplexity));
     r.add(metric("accuracy", "accuracy: share of masked tokens predicted exactly (top-1)", build_accuracy));
     r.add(metric("top5_accuracy", "top5_accuracy: share of masked tokens within the top 5", build_top5));
+    r.add(Component {
+        name: "pseudo_perplexity",
+        doc: "pseudo_perplexity (Salazar et al., 2020): each token masked in turn, on the first 16 eval sequences",
+        params: vec![ParamDoc { name: "(sequences)", default: "16", doc: "eval sequences scored, 64 masked copies per pass" }],
+        check: no_options,
+        factory: Factory::Metric(build_pppl),
+    });
 }
 
 #[cfg(test)]

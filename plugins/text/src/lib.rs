@@ -6,6 +6,10 @@
 //!   `create_pretraining_data.py`);
 //! - `file`: each file is one document;
 //! - `line`: each line is one document.
+//!
+//! The `jsonl` dataset (JSON Lines with a named text field) is in `jsonl.rs`.
+
+pub mod jsonl;
 
 use std::path::{Path, PathBuf};
 
@@ -44,7 +48,7 @@ impl TextDataset {
     }
 
     /// Files under `path` in a stable (sorted) order.
-    fn files(&self, path: &Path) -> Result<Vec<PathBuf>> {
+    pub fn files(&self, path: &Path) -> Result<Vec<PathBuf>> {
         if path.is_file() {
             return Ok(vec![path.to_path_buf()]);
         }
@@ -133,6 +137,16 @@ pub fn register(r: &mut Registrar) {
         ],
         check: |o| parse_options::<TextOptions>(o).map(|_| ()),
         factory: Factory::Dataset(build),
+    });
+    r.add(Component {
+        name: "jsonl",
+        doc: "JSON Lines: one document per record, its text from a named field",
+        params: vec![
+            ParamDoc { name: "text_field", default: "text", doc: "the field holding the text" },
+            ParamDoc { name: "suffix", default: ".jsonl", doc: "in a directory, read only files ending with this" },
+        ],
+        check: |o| parse_options::<jsonl::JsonlOptions>(o).map(|_| ()),
+        factory: Factory::Dataset(|o| Ok(Box::new(jsonl::JsonlDataset { opts: parse_options(o)? }))),
     });
 }
 
