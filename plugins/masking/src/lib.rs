@@ -1,12 +1,14 @@
 //! Masking strategies:
 //! - `bert`: BERT's token masking (Devlin et al., 2019), here;
-//! - `whole_word` and `span` (SpanBERT), in `words.rs`.
+//! - `whole_word` and `span` (SpanBERT), in `words.rs`;
+//! - `chinese_whole_word` (jieba word segmentation), in `chinese.rs`.
 //!
 //! Each non-special token is chosen with probability `rate`; a chosen token
 //! becomes `[MASK]` with probability `mask_token`, a random non-special token
 //! with probability `random_token`, and stays unchanged otherwise. Labels hold
 //! the original id at chosen positions and `IGNORE_INDEX` elsewhere.
 
+pub mod chinese;
 pub mod words;
 
 use anyhow::{bail, Result};
@@ -127,6 +129,18 @@ pub fn register(r: &mut Registrar) {
         check: |o| parse_options::<words::SpanOptions>(o)?.check(),
         factory: Factory::Masker(build_span),
     });
+    r.add(Component {
+        name: "chinese_whole_word",
+        doc: "whole-word masking for Chinese BERT: Chinese words found with jieba, masked as units",
+        params: vec![],
+        check: no_options,
+        factory: Factory::Masker(build_chinese),
+    });
+}
+
+fn build_chinese(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Result<Box<dyn Masker>> {
+    no_options(options)?;
+    Ok(Box::new(chinese::ChineseWholeWordMasker::new(rates, vocab)?))
 }
 
 fn build_whole_word(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Result<Box<dyn Masker>> {

@@ -32,14 +32,14 @@ pub fn words(ids: &[i64], vocab: &VocabInfo) -> Vec<(usize, usize)> {
 }
 
 /// Shared state of the word-level maskers.
-struct Corrupter {
+pub(crate) struct Corrupter {
     rates: MaskingRates,
     mask_id: i64,
     replacements: Vec<i64>,
 }
 
 impl Corrupter {
-    fn new(rates: MaskingRates, vocab: &VocabInfo) -> Result<Self> {
+    pub(crate) fn new(rates: MaskingRates, vocab: &VocabInfo) -> Result<Self> {
         check_rates(&rates)?;
         let replacements = vocab.replacement_ids();
         if replacements.is_empty() {
@@ -49,7 +49,7 @@ impl Corrupter {
     }
 
     /// Labels and corrupts tokens `range`, with one decision for all of them.
-    fn apply(&self, range: std::ops::Range<usize>, out: &mut MaskedSequence, rng: &mut dyn RngCore) {
+    pub(crate) fn apply(&self, range: std::ops::Range<usize>, out: &mut MaskedSequence, rng: &mut dyn RngCore) {
         let r: f64 = rng.random();
         for i in range {
             out.labels[i] = out.input_ids[i];
@@ -81,14 +81,19 @@ impl WholeWordMasker {
 
 impl Masker for WholeWordMasker {
     fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence> {
-        let mut out = unmasked(ids);
-        for (start, end) in words(ids, &self.vocab) {
-            if rng.random::<f64>() < self.corrupter.rates.rate {
-                self.corrupter.apply(start..end, &mut out, rng);
-            }
-        }
-        Ok(out)
+        Ok(mask_each_word(ids, &words(ids, &self.vocab), &self.corrupter, rng))
     }
+}
+
+/// Chooses each word with probability `rate` and corrupts it as one unit.
+pub(crate) fn mask_each_word(ids: &[i64], words: &[(usize, usize)], c: &Corrupter, rng: &mut dyn RngCore) -> MaskedSequence {
+    let mut out = unmasked(ids);
+    for &(start, end) in words {
+        if rng.random::<f64>() < c.rates.rate {
+            c.apply(start..end, &mut out, rng);
+        }
+    }
+    out
 }
 
 /// `masking.options` of `span`.
