@@ -90,12 +90,12 @@ def train_flops_per_token(cfg, seq, masked=0.15, sparse=True):
     return 3 * (layers * per_layer + head)
 
 
-def runner_config(args, steps, batch, model_section):
+def runner_config(args, steps, batch, model_section, precision):
     recipe = f"""
 run: {{name: bench, seed: 0, output_dir: {args.tmp}}}
 data: {{dataset: text, options: {{documents: file, suffix: .txt}}, train: {DOCS}, holdout: 0.05, max_seq_len: 128}}
 model: {model_section}
-training: {{device: cpu, threads: {args.threads}, batch_size: {batch}, max_steps: {steps}, lr: 1.0e-4, schedule: constant, warmup_steps: 0, log_every: 1}}
+training: {{device: cpu, precision: {precision}, threads: {args.threads}, batch_size: {batch}, max_steps: {steps}, lr: 1.0e-4, schedule: constant, warmup_steps: 0, log_every: 1}}
 eval: {{every: 0, at_start: false, batch_size: 32, max_sequences: 64}}
 metrics: [loss]
 """
@@ -105,8 +105,8 @@ metrics: [loss]
     return path
 
 
-def run_runner(args, batch, model_section, warmup, steps):
-    recipe = runner_config(args, warmup + steps, batch, model_section)
+def run_runner(args, batch, model_section, warmup, steps, precision):
+    recipe = runner_config(args, warmup + steps, batch, model_section, precision)
     _, rss = run_child([RUNNER, "run", recipe, "--overwrite"])
     import csv
 
@@ -114,7 +114,7 @@ def run_runner(args, batch, model_section, warmup, steps):
     train = [r for r in rows if r["train_loss"] and int(r["step"]) > warmup]
     seconds = sum(batch * 128 / float(r["tokens_per_s"]) for r in train)
     evals = [float(r["eval_loss"]) for r in rows if r["eval_loss"]]
-    return {"peer": "runner", "tokens_per_s": len(train) * batch * 128 / seconds, "eval_loss": evals[-1], "peak_rss_mb": rss}
+    return {"peer": "runner", "precision": precision, "tokens_per_s": len(train) * batch * 128 / seconds, "eval_loss": evals[-1], "peak_rss_mb": rss}
 
 
 def run_peer(args, peer, precision, model, blocks, batch, warmup, steps):
@@ -152,10 +152,10 @@ def main():
         for name, model, mcfg, batch, section in configs:
             steps = args.steps if name == "minilm-l6" else max(3, args.steps // 4)
             warm = args.warmup if name == "minilm-l6" else 1
-            rows = [run_runner(args, batch, section, warm, steps)]
-            rows[0]["precision"] = "fp32"
+            rows = []
             precisions = ["fp32", "bf16"] if name == "minilm-l6" else ["fp32"]
             for precision in precisions:
+                rows.append(run_runner(args, batch, section, warm, steps, precision))
                 for peer in ("hf", "sparse"):
                     rows.append(run_peer(args, peer, precision, model, blocks, batch, warm, steps))
             for r in rows:

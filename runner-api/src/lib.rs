@@ -221,6 +221,8 @@ pub struct ModelSource<'a> {
     /// Options from the recipe (architecture overrides for random init, etc.).
     pub options: &'a Options,
     pub device: tch::Device,
+    /// Dtype of the matmuls: `Float`, or `BFloat16` / `Half` with float32 master weights.
+    pub compute: tch::Kind,
 }
 
 // ---------------------------------------------------------------------------

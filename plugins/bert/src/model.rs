@@ -22,22 +22,34 @@ fn normal(std: f64) -> Init {
     Init::Randn { mean: 0.0, stdev: std }
 }
 
+/// `x @ weight.T + bias` in the compute dtype: float32 weights are cast for
+/// the matmul (bf16 autocast, done by hand since libtorch's CPU autocast is
+/// not reachable from tch); gradients flow back to the float32 weights.
+fn linear_in(x: &Tensor, weight: &Tensor, bias: &Tensor, compute: Kind) -> Tensor {
+    if compute == Kind::Float {
+        x.linear(weight, Some(bias))
+    } else {
+        x.to_kind(compute).linear(&weight.to_kind(compute), Some(&bias.to_kind(compute)))
+    }
+}
+
 /// `torch.nn.Linear`, initialised as transformers does (normal weights, zero bias).
 #[derive(Debug)]
 struct Linear {
     weight: Tensor, // (out, in)
     bias: Tensor,   // (out,)
+    compute: Kind,
 }
 
 impl Linear {
-    fn new(p: nn::Path, in_dim: i64, out_dim: i64, std: f64) -> Self {
-        let weight = p.var("weight", &[out_dim, in_dim], normal(std));
+    fn new(p: nn::Path, in_dim: i64, out_dim: i64, cfg: &BertConfig) -> Self {
+        let weight = p.var("weight", &[out_dim, in_dim], normal(cfg.initializer_range));
         let bias = p.set_group(NO_DECAY).var("bias", &[out_dim], Init::Const(0.0));
-        Linear { weight, bias }
+        Linear { weight, bias, compute: cfg.compute_kind() }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias))
+        linear_in(x, &self.weight, &self.bias, self.compute)
     }
 }
 
@@ -61,7 +73,8 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let dim = self.weight.size()[0];
-        x.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+        // Always in float32, as autocast does.
+        x.to_kind(Kind::Float).layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
     }
 }
 
@@ -136,11 +149,11 @@ struct BertSelfAttention {
 
 impl BertSelfAttention {
     fn new(p: nn::Path, cfg: &BertConfig) -> Self {
-        let (h, std) = (cfg.hidden_size, cfg.initializer_range);
+        let h = cfg.hidden_size;
         BertSelfAttention {
-            query: Linear::new(&p / "query", h, h, std),
-            key: Linear::new(&p / "key", h, h, std),
-            value: Linear::new(&p / "value", h, h, std),
+            query: Linear::new(&p / "query", h, h, cfg),
+            key: Linear::new(&p / "key", h, h, cfg),
+            value: Linear::new(&p / "value", h, h, cfg),
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
             dropout: cfg.attention_probs_dropout_prob,
@@ -171,7 +184,7 @@ struct DenseResidualNorm {
 impl DenseResidualNorm {
     fn new(p: nn::Path, in_dim: i64, cfg: &BertConfig) -> Self {
         DenseResidualNorm {
-            dense: Linear::new(&p / "dense", in_dim, cfg.hidden_size, cfg.initializer_range),
+            dense: Linear::new(&p / "dense", in_dim, cfg.hidden_size, cfg),
             layer_norm: LayerNorm::new(&p / "LayerNorm", cfg.hidden_size, cfg.layer_norm_eps),
             dropout: cfg.hidden_dropout_prob,
         }
@@ -199,12 +212,7 @@ impl BertLayer {
         BertLayer {
             attention: BertSelfAttention::new(&attn / "self", cfg),
             attention_output: DenseResidualNorm::new(&attn / "output", cfg.hidden_size, cfg),
-            intermediate: Linear::new(
-                &p / "intermediate" / "dense",
-                cfg.hidden_size,
-                cfg.intermediate_size,
-                cfg.initializer_range,
-            ),
+            intermediate: Linear::new(&p / "intermediate" / "dense", cfg.hidden_size, cfg.intermediate_size, cfg),
             output: DenseResidualNorm::new(&p / "output", cfg.intermediate_size, cfg),
             act: cfg.hidden_act.clone(),
         }
@@ -231,7 +239,7 @@ impl BertLmHead {
     fn new(p: nn::Path, cfg: &BertConfig) -> Self {
         let t = &p / "transform";
         BertLmHead {
-            dense: Linear::new(&t / "dense", cfg.hidden_size, cfg.hidden_size, cfg.initializer_range),
+            dense: Linear::new(&t / "dense", cfg.hidden_size, cfg.hidden_size, cfg),
             layer_norm: LayerNorm::new(&t / "LayerNorm", cfg.hidden_size, cfg.layer_norm_eps),
             bias: p.set_group(NO_DECAY).var("bias", &[cfg.vocab_size], Init::Const(0.0)),
             act: cfg.hidden_act.clone(),
@@ -241,7 +249,7 @@ impl BertLmHead {
     /// (N, H) -> (N, V), decoding with the word embedding matrix (tied weights).
     fn forward(&self, h: &Tensor, word_embeddings: &Tensor) -> Tensor {
         let h = self.layer_norm.forward(&activation(&self.act, &self.dense.forward(h)));
-        h.linear(word_embeddings, Some(&self.bias))
+        linear_in(&h, word_embeddings, &self.bias, self.dense.compute).to_kind(Kind::Float)
     }
 }
 

@@ -36,7 +36,7 @@ pub fn predict(registry: &Registry, dir: &Path, text: &str, top_k: usize) -> Res
     let tok = tokenizer::load(&tok_path)?;
     let vocab = tokenizer::vocab_info(&tok, &tok_path)?;
     let options = Options::new();
-    let source = ModelSource { checkpoint: Some(dir), options: &options, device: tch::Device::Cpu };
+    let source = ModelSource { checkpoint: Some(dir), options: &options, device: tch::Device::Cpu, compute: tch::Kind::Float };
     let model = components::model(registry, "bert", &source)?;
     let max_positions = model.info()?.max_positions;
 

@@ -138,6 +138,18 @@ pub enum Schedule {
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
     Fp32,
+    /// bfloat16 matmuls with float32 master weights, LayerNorm and loss (autocast).
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype matmuls run in.
+    pub fn compute_kind(self) -> tch::Kind {
+        match self {
+            Precision::Fp32 => tch::Kind::Float,
+            Precision::Bf16 => tch::Kind::BFloat16,
+        }
+    }
 }
 
 /// `training:` optimizer, schedule, length and device.

@@ -93,6 +93,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
         checkpoint: model_section.checkpoint.as_deref(),
         options: &model_section.options,
         device: recipe.device,
+        compute: recipe.raw.training.precision.compute_kind(),
     };
     let model = components::model(registry, &model_section.name, &source)?;
     let info = model.info()?;
