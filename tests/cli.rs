@@ -180,3 +180,32 @@ fn shipped_recipes_validate() {
     let o = runner(&["validate", "recipes/quickstart.yaml"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn a_second_run_maps_its_examples_from_the_token_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = |name: &str| {
+        let dir = format!("run.output_dir={}", out.path().display());
+        let name = format!("run.name={name}");
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(["run", "tests/recipes/tiny.yaml", "--set", &dir, "--set", &name])
+            .current_dir(root())
+            .env("RUST_LOG", "info")
+            .env("RUNNER_CACHE_DIR", cache.path())
+            .output()
+            .unwrap()
+    };
+    let first = run("first");
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stderr(&first).contains("read and tokenized"), "{}", stderr(&first));
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1, "one cache file");
+    let second = run("second");
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(stderr(&second).contains("mapped from the token cache"), "{}", stderr(&second));
+    let metrics = |n: &str| {
+        let df = read_csv(&out.path().join(n).join("metrics.csv"));
+        (column(&df, "train_loss"), column(&df, "eval_loss"))
+    };
+    assert_eq!(metrics("first"), metrics("second"), "cached examples train exactly like fresh ones");
+}

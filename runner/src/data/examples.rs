@@ -18,11 +18,40 @@ use runner_api::{Document, VocabInfo};
 
 use crate::recipe::raw::ExampleMode;
 
+/// The token buffer: built in memory, or memory-mapped from the token cache.
+#[derive(Debug, Clone)]
+pub enum Tokens {
+    Owned(Vec<u32>),
+    /// `len` u32 values at byte `start` of a mapped cache file (4-byte aligned).
+    Mapped { map: std::sync::Arc<memmap2::Mmap>, start: usize, len: usize },
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens::Owned(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Tokens {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        match self {
+            Tokens::Owned(v) => v,
+            Tokens::Mapped { map, start, len } => {
+                let bytes = &map[*start..*start + 4 * *len];
+                assert_eq!(bytes.as_ptr() as usize % 4, 0, "token cache data is 4-byte aligned");
+                // SAFETY: in bounds (sliced above), aligned (checked), and any bit pattern is a valid u32.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u32>(), *len) }
+            }
+        }
+    }
+}
+
 /// Token-id sequences, each starting with `[CLS]` and ending with `[SEP]`.
 #[derive(Debug, Clone, Default)]
 pub struct Examples {
-    tokens: Vec<u32>,
-    offsets: Vec<usize>,
+    pub(crate) tokens: Tokens,
+    pub(crate) offsets: Vec<usize>,
 }
 
 impl Examples {
@@ -30,8 +59,9 @@ impl Examples {
         if self.offsets.is_empty() {
             self.offsets.push(0);
         }
-        self.tokens.extend(seq);
-        self.offsets.push(self.tokens.len());
+        let Tokens::Owned(tokens) = &mut self.tokens else { unreachable!("examples are built in memory") };
+        tokens.extend(seq);
+        self.offsets.push(tokens.len());
     }
 
     pub fn len(&self) -> usize {

@@ -2,6 +2,7 @@
 //! examples (packed or line by line), and serve masked, padded batches.
 
 pub mod batches;
+pub mod cache;
 pub mod examples;
 pub mod tokenizer;
 

@@ -72,6 +72,9 @@ pub struct DataSection {
     /// Read at most this many training documents (after the holdout split).
     #[serde(default)]
     pub max_train_documents: Option<usize>,
+    /// Keep tokenized examples in the token cache (see `data/cache.rs`).
+    #[serde(default = "default_true")]
+    pub cache: bool,
 }
 
 /// `tokenizer:` the WordPiece tokenizer.
@@ -227,6 +230,9 @@ impl Default for EvalSection {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_output_dir() -> PathBuf {
     "results".into()
 }

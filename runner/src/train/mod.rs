@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use runner_api::{Metric, MlmModel, ModelSource};
 
 use crate::data::examples::{split_holdout, Examples};
-use crate::data::{tokenizer, BatchMaker, EvalSet};
+use crate::data::{cache, tokenizer, BatchMaker, EvalSet};
 use crate::error::user_msg;
 use crate::eval::evaluate;
 use crate::recipe::{EvalSource, Recipe, TrainLength, Warmup};
@@ -41,31 +41,10 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     std::fs::write(recipe.run_dir.join("recipe.yaml"), serde_yaml::to_string(&recipe.raw)?)
         .with_context(|| format!("cannot write {}", recipe.run_dir.join("recipe.yaml").display()))?;
 
-    // Data: documents -> held-out split -> tokenized examples.
+    // Data: tokenized examples, from the token cache or built afresh.
     let tok = tokenizer::load(&recipe.tokenizer)?;
     let vocab = tokenizer::vocab_info(&tok, &recipe.tokenizer)?;
-    let dataset = components::dataset(registry, &recipe.dataset, &recipe.dataset_options)?;
-    let read = |p: &Path, key: &str| dataset.read(p).map_err(|e| user_msg(format!("{key}: {e:#}")));
-    let (mut train_docs, eval_docs) = match &recipe.eval_source {
-        EvalSource::Path(p) => (read(&recipe.train_path, "data.train")?, read(p, "data.eval")?),
-        EvalSource::Holdout(f) => split_holdout(read(&recipe.train_path, "data.train")?, *f, recipe.raw.eval.seed)
-            .map_err(|e| user_msg(format!("data.holdout: {e:#}")))?,
-    };
-    if let Some(n) = recipe.raw.data.max_train_documents {
-        train_docs.truncate(n);
-    }
-    let t0 = Instant::now();
-    let train = Examples::build(&train_docs, &tok, &vocab, recipe.examples, recipe.max_seq_len)?;
-    let held_out = Examples::build(&eval_docs, &tok, &vocab, recipe.examples, recipe.max_seq_len)?;
-    tracing::info!(
-        "data: {} train documents -> {} examples ({} tokens); {} eval documents -> {} examples; tokenized in {:.1}s",
-        train_docs.len(),
-        train.len(),
-        train.num_tokens(),
-        eval_docs.len(),
-        held_out.len(),
-        t0.elapsed().as_secs_f64()
-    );
+    let (train, held_out) = cached_examples(recipe, registry, &tok, &vocab)?;
     if train.is_empty() {
         bail!(user_msg(format!(
             "data.train: {} gives no training example of {} tokens (lower data.max_seq_len or add text)",
@@ -147,6 +126,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
         model.parameters()?,
         AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay },
     );
+    tracing::info!("ready to train {:.2}s after start", started.elapsed().as_secs_f64());
     let mut trainer = Trainer {
         schedule: LrSchedule { kind: t.schedule, peak: t.lr, warmup, total: total_steps },
         total_steps,
@@ -193,6 +173,65 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     };
     summary.write(&recipe.run_dir)?;
     Ok(RunOutcome { run_dir: recipe.run_dir.clone(), summary })
+}
+
+/// Train and eval examples: mapped from the token cache when it holds this
+/// recipe's data, else read, split, tokenized and stored there.
+fn cached_examples(
+    recipe: &Recipe,
+    registry: &Registry,
+    tok: &tokenizers::Tokenizer,
+    vocab: &runner_api::VocabInfo,
+) -> Result<(Examples, Examples)> {
+    let t0 = Instant::now();
+    let cache = if recipe.raw.data.cache { cache::dir() } else { None };
+    let key = match &cache {
+        Some(_) => Some(cache::key(recipe)?),
+        None => None,
+    };
+    if let (Some(dir), Some(key)) = (&cache, &key) {
+        match cache::load(dir, key) {
+            Ok(Some((train, eval))) => {
+                tracing::info!(
+                    "data: {} train examples ({} tokens), {} eval examples, mapped from the token cache in {:.2}s",
+                    train.len(),
+                    train.num_tokens(),
+                    eval.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+                return Ok((train, eval));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("token cache ignored: {e:#}"),
+        }
+    }
+    let dataset = components::dataset(registry, &recipe.dataset, &recipe.dataset_options)?;
+    let read = |p: &Path, key: &str| dataset.read(p).map_err(|e| user_msg(format!("{key}: {e:#}")));
+    let (mut train_docs, eval_docs) = match &recipe.eval_source {
+        EvalSource::Path(p) => (read(&recipe.train_path, "data.train")?, read(p, "data.eval")?),
+        EvalSource::Holdout(f) => split_holdout(read(&recipe.train_path, "data.train")?, *f, recipe.raw.eval.seed)
+            .map_err(|e| user_msg(format!("data.holdout: {e:#}")))?,
+    };
+    if let Some(n) = recipe.raw.data.max_train_documents {
+        train_docs.truncate(n);
+    }
+    let train = Examples::build(&train_docs, tok, vocab, recipe.examples, recipe.max_seq_len)?;
+    let held_out = Examples::build(&eval_docs, tok, vocab, recipe.examples, recipe.max_seq_len)?;
+    tracing::info!(
+        "data: {} train documents -> {} examples ({} tokens); {} eval documents -> {} examples; read and tokenized in {:.1}s",
+        train_docs.len(),
+        train.len(),
+        train.num_tokens(),
+        eval_docs.len(),
+        held_out.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    if let (Some(dir), Some(key)) = (&cache, &key) {
+        if let Err(e) = cache::store(dir, key, &train, &held_out) {
+            tracing::warn!("token cache not written: {e:#}");
+        }
+    }
+    Ok((train, held_out))
 }
 
 /// Creates the run directory. An existing one with results is kept unless
