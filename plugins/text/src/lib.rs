@@ -1,4 +1,5 @@
-//! The `text` dataset: plain text files, or a directory of them.
+//! The `text` dataset: plain text files, or a directory of them. The `parquet`
+//! dataset (a text column of parquet files) is in [`parquet`].
 //!
 //! One example per line, as the classic BERT scripts take them; blank lines are
 //! skipped. Where documents end is chosen by `documents`:
@@ -6,6 +7,8 @@
 //!   `create_pretraining_data.py`);
 //! - `file`: each file is one document;
 //! - `line`: each line is one document.
+
+pub mod parquet;
 
 use std::path::{Path, PathBuf};
 
@@ -132,6 +135,7 @@ pub fn register(r: &mut Registrar) {
         check: |o| parse_options::<TextOptions>(o).map(|_| ()),
         factory: Factory::Dataset(build),
     });
+    parquet::register(r);
 }
 
 #[cfg(test)]

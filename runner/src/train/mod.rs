@@ -18,7 +18,7 @@ use crate::data::examples::{split_holdout, Examples};
 use crate::data::{tokenizer, BatchMaker, EvalSet};
 use crate::error::user_msg;
 use crate::eval::evaluate;
-use crate::recipe::{EvalSource, Recipe, TrainLength, Warmup};
+use crate::recipe::{Recipe, TrainLength, Warmup};
 use crate::registry::Registry;
 use crate::report::{MetricsTable, Row, Summary};
 use crate::{components, device};
@@ -35,6 +35,8 @@ pub struct RunOutcome {
 /// Runs a recipe end to end: data, model, training, eval, reports, checkpoint.
 pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunOutcome> {
     let started = Instant::now();
+    // hf:// models and datasets: fetched into the Hugging Face cache before anything is written.
+    let sources = crate::hub::sources(recipe)?;
     device::set_threads(recipe.threads);
     tch::manual_seed(recipe.raw.run.seed as i64);
     prepare_run_dir(&recipe.run_dir, overwrite)?;
@@ -42,13 +44,20 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
         .with_context(|| format!("cannot write {}", recipe.run_dir.join("recipe.yaml").display()))?;
 
     // Data: documents -> held-out split -> tokenized examples.
-    let tok = tokenizer::load(&recipe.tokenizer)?;
-    let vocab = tokenizer::vocab_info(&tok, &recipe.tokenizer)?;
+    let tok = tokenizer::load(&sources.tokenizer)?;
+    let vocab = tokenizer::vocab_info(&tok, &sources.tokenizer)?;
     let dataset = components::dataset(registry, &recipe.dataset, &recipe.dataset_options)?;
-    let read = |p: &Path, key: &str| dataset.read(p).map_err(|e| user_msg(format!("{key}: {e:#}")));
-    let (mut train_docs, eval_docs) = match &recipe.eval_source {
-        EvalSource::Path(p) => (read(&recipe.train_path, "data.train")?, read(p, "data.eval")?),
-        EvalSource::Holdout(f) => split_holdout(read(&recipe.train_path, "data.train")?, *f, recipe.raw.eval.seed)
+    let read = |paths: &[PathBuf], key: &str| -> Result<Vec<runner_api::Document>> {
+        let mut docs = Vec::new();
+        for p in paths {
+            docs.extend(dataset.read(p).map_err(|e| user_msg(format!("{key}: {e:#}")))?);
+        }
+        Ok(docs)
+    };
+    // sources.eval is there exactly when data.eval is (EvalSource::Path); else hold out.
+    let (mut train_docs, eval_docs) = match &sources.eval {
+        Some(eval) => (read(&sources.train, "data.train")?, read(eval, "data.eval")?),
+        None => split_holdout(read(&sources.train, "data.train")?, recipe.raw.data.holdout, recipe.raw.eval.seed)
             .map_err(|e| user_msg(format!("data.holdout: {e:#}")))?,
     };
     if let Some(n) = recipe.raw.data.max_train_documents {
@@ -90,7 +99,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     );
     let model_section = &recipe.raw.model;
     let source = ModelSource {
-        checkpoint: model_section.checkpoint.as_deref(),
+        checkpoint: sources.checkpoint.as_deref(),
         options: &model_section.options,
         device: recipe.device,
     };
@@ -98,7 +107,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     if (vocab.vocab_size as i64) > model.vocab_size() {
         bail!(user_msg(format!(
             "tokenizer.path: {} has {} tokens but the model's vocabulary has {}",
-            recipe.tokenizer.display(),
+            sources.tokenizer.display(),
             vocab.vocab_size,
             model.vocab_size()
         )));
@@ -167,7 +176,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     // Checkpoint in Hugging Face layout, with the tokenizer beside it.
     let checkpoint = recipe.run_dir.join("checkpoint");
     trainer.model.save_pretrained(&checkpoint)?;
-    copy_tokenizer_files(&recipe.tokenizer, &checkpoint)?;
+    copy_tokenizer_files(&sources.tokenizer, &checkpoint)?;
 
     let table = &trainer.table;
     let evals: Vec<&Row> = table.rows.iter().filter(|r| r.eval.contains_key("eval_loss")).collect();
