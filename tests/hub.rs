@@ -609,5 +609,5 @@ fn the_wikitext_recipe_validates_without_touching_the_network() {
         ],
         &envs,
     );
-    assert_error(&o, 2, &["4 problems", "model.checkpoint", "names a dataset", "data.train", "no path after it", "data.eval", "names a model", "data.dataset: hf:// datasets are read as parquet"]);
+    assert_error(&o, 2, &["5 problems", "data.options", "unknown field `text_column`", "model.checkpoint", "names a dataset", "data.train", "no path after it", "data.eval", "names a model", "data.dataset: hf:// datasets are read as parquet"]);
 }
