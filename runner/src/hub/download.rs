@@ -106,7 +106,7 @@ impl<'a> Client<'a> {
                 .timeout_recv_response(Some(Duration::from_secs(30)))
                 .timeout_recv_body(None)
                 .timeout_per_read(Some(Duration::from_secs(60)))
-                .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION"), "; hf_hub/compatible"))
+                .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION")))
                 .build();
             ureq::Agent::new_with_config(config)
         };
