@@ -425,6 +425,14 @@ fn hf_recipe_downloads_trains_then_reuses_the_cache_and_works_offline() {
     assert_eq!(hub.requests().len(), before, "offline runs make no request");
     let v = runner(&["validate", recipe], &offline);
     assert!(v.status.success(), "{}", stderr(&v));
+    // HF_HUB_CACHE names the cache itself and wins over HF_HOME.
+    let cache = home.join("hub");
+    let elsewhere = tmp.path().join("elsewhere");
+    let by_cache = [("HF_HOME", elsewhere.to_str().unwrap()), ("HF_HUB_CACHE", cache.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")];
+    let v = runner(&["validate", recipe], &by_cache);
+    assert!(v.status.success(), "{}", stderr(&v));
+    let v = runner(&["validate", recipe], &by_cache[..1].iter().chain(&by_cache[2..]).copied().collect::<Vec<_>>());
+    assert_error(&v, 2, &["HF_HUB_OFFLINE", "elsewhere"]);
     let eval_loss = |n: &str| {
         let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(n).join("summary.json")).unwrap()).unwrap();
         s["final_eval_loss"].as_f64().unwrap()
