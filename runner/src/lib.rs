@@ -3,6 +3,7 @@
 //!
 //! Where things happen:
 //! - a recipe is parsed and checked in [`recipe`];
+//! - `hf://` models and datasets are fetched into the Hugging Face cache in [`hub`];
 //! - components are found by name in [`registry`] and built in [`components`];
 //! - data becomes masked batches in [`data`];
 //! - a training step happens in [`train::Trainer::fit`];
@@ -14,6 +15,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod hub;
 pub mod recipe;
 pub mod registry;
 pub mod report;

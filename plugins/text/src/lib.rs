@@ -1,4 +1,5 @@
-//! The `text` dataset: plain text files, or a directory of them.
+//! The `text` dataset: plain text files, or a directory of them. The `parquet`
+//! dataset (a text column of parquet files) is in [`parquet`].
 //!
 //! One example per line, as the classic BERT scripts take them; blank lines are
 //! skipped. Where documents end is chosen by `documents`:
@@ -10,6 +11,8 @@
 //! The `jsonl` dataset (JSON Lines with a named text field) is in `jsonl.rs`.
 
 pub mod jsonl;
+
+pub mod parquet;
 
 use std::path::{Path, PathBuf};
 
@@ -148,6 +151,7 @@ pub fn register(r: &mut Registrar) {
         check: |o| parse_options::<jsonl::JsonlOptions>(o).map(|_| ()),
         factory: Factory::Dataset(|o| Ok(Box::new(jsonl::JsonlDataset { opts: parse_options(o)? }))),
     });
+    parquet::register(r);
 }
 
 #[cfg(test)]

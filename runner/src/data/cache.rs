@@ -21,6 +21,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use super::examples::{Examples, Tokens};
+use crate::hub::Sources;
 use crate::recipe::{EvalSource, Recipe};
 
 const MAGIC: &[u8; 8] = b"RUNTOK01";
@@ -57,17 +58,24 @@ fn hash_files(path: &Path, h: &mut impl Hasher) -> Result<()> {
 }
 
 /// The cache key of a recipe's examples.
-pub fn key(recipe: &Recipe) -> Result<String> {
+pub fn key(recipe: &Recipe, sources: &Sources) -> Result<String> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     "runner-token-cache-v1".hash(&mut h);
     recipe.dataset.hash(&mut h);
     serde_yaml::to_string(&recipe.dataset_options)?.hash(&mut h);
-    hash_files(&recipe.train_path, &mut h)?;
-    match &recipe.eval_source {
-        EvalSource::Path(p) => hash_files(p, &mut h)?,
-        EvalSource::Holdout(f) => (f.to_bits(), recipe.raw.eval.seed).hash(&mut h),
+    for p in &sources.train {
+        hash_files(p, &mut h)?;
     }
-    std::fs::read(&recipe.tokenizer).with_context(|| format!("cannot read {}", recipe.tokenizer.display()))?.hash(&mut h);
+    match (&sources.eval, &recipe.eval_source) {
+        (Some(eval), _) => {
+            for p in eval {
+                hash_files(p, &mut h)?;
+            }
+        }
+        (None, EvalSource::Holdout(f)) => (f.to_bits(), recipe.raw.eval.seed).hash(&mut h),
+        (None, EvalSource::Path(_)) => unreachable!("sources have eval files exactly when data.eval is given"),
+    }
+    std::fs::read(&sources.tokenizer).with_context(|| format!("cannot read {}", sources.tokenizer.display()))?.hash(&mut h);
     (format!("{:?}", recipe.examples), recipe.max_seq_len, recipe.raw.data.max_train_documents).hash(&mut h);
     Ok(format!("{:016x}", h.finish()))
 }

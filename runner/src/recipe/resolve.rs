@@ -43,6 +43,8 @@ pub struct Recipe {
     pub eval_source: EvalSource,
     pub examples: ExampleMode,
     pub max_seq_len: usize,
+    /// For an `hf://` checkpoint without `tokenizer.path`, `<hf://...>/tokenizer.json`
+    /// until `hub::sources` finds it in the downloaded snapshot.
     pub tokenizer: PathBuf,
     pub masking_rates: MaskingRates,
     pub length: TrainLength,
@@ -76,6 +78,23 @@ fn probability(p: &mut Problems, key: &str, v: f64) {
 fn existing(p: &mut Problems, key: &str, path: &Path, what: &str) {
     if !path.exists() {
         p.push(key, format!("{what} {} does not exist", path.display()));
+    }
+}
+
+/// A corpus path: an `hf://` dataset is checked without downloading (see
+/// `hub::check_recipe_path`); a local one must exist. True for `hf://`.
+fn corpus(p: &mut Problems, key: &str, path: &Path, what: &str) -> bool {
+    match crate::hub::check_recipe_path(path, crate::hub::RepoType::Dataset) {
+        None => {
+            existing(p, key, path, what);
+            false
+        }
+        Some(checked) => {
+            if let Err(e) = checked {
+                p.push(key, e);
+            }
+            true
+        }
     }
 }
 
@@ -122,10 +141,10 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
             }
         }
     }
-    existing(&mut p, "data.train", &d.train, "training corpus");
+    let mut from_hub = corpus(&mut p, "data.train", &d.train, "training corpus");
     let eval_source = match &d.eval {
         Some(path) => {
-            existing(&mut p, "data.eval", path, "eval corpus");
+            from_hub |= corpus(&mut p, "data.eval", path, "eval corpus");
             EvalSource::Path(path.clone())
         }
         None => {
@@ -135,6 +154,9 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
             EvalSource::Holdout(d.holdout)
         }
     };
+    p.check(!from_hub || d.dataset == "parquet", "data.dataset", || {
+        format!("hf:// datasets are read as parquet files: set data.dataset: parquet (got `{}`)", d.dataset)
+    });
     p.check(d.max_seq_len >= 8, "data.max_seq_len", || format!("must be at least 8, got {}", d.max_seq_len));
     if let Some(n) = d.max_train_documents {
         p.check(n > 0, "data.max_train_documents", || "must be positive".into());
@@ -151,7 +173,12 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
         }
     }
     if let Some(dir) = &m.checkpoint {
-        if !dir.is_dir() {
+        if let Some(checked) = crate::hub::check_recipe_path(dir, crate::hub::RepoType::Model) {
+            // Downloaded at the start of `run`; its tokenizer.json is looked for then.
+            if let Err(e) = checked {
+                p.push("model.checkpoint", e);
+            }
+        } else if !dir.is_dir() {
             p.push("model.checkpoint", format!("model directory {} does not exist", dir.display()));
         } else {
             for f in ["config.json", "model.safetensors"] {

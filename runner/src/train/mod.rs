@@ -18,7 +18,7 @@ use crate::data::examples::{split_holdout, Examples};
 use crate::data::{cache, tokenizer, BatchMaker, EvalSet};
 use crate::error::user_msg;
 use crate::eval::evaluate;
-use crate::recipe::{EvalSource, Recipe, TrainLength, Warmup};
+use crate::recipe::{Recipe, TrainLength, Warmup};
 use crate::registry::Registry;
 use crate::report::{MetricsTable, Row, Summary};
 use crate::{components, device};
@@ -35,6 +35,8 @@ pub struct RunOutcome {
 /// Runs a recipe end to end: data, model, training, eval, reports, checkpoint.
 pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunOutcome> {
     let started = Instant::now();
+    // hf:// models and datasets: fetched into the Hugging Face cache before anything is written.
+    let sources = crate::hub::sources(recipe)?;
     device::set_threads(recipe.threads);
     tch::manual_seed(recipe.raw.run.seed as i64);
     prepare_run_dir(&recipe.run_dir, overwrite)?;
@@ -42,9 +44,9 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
         .with_context(|| format!("cannot write {}", recipe.run_dir.join("recipe.yaml").display()))?;
 
     // Data: tokenized examples, from the token cache or built afresh.
-    let tok = tokenizer::load(&recipe.tokenizer)?;
-    let vocab = tokenizer::vocab_info(&tok, &recipe.tokenizer)?;
-    let (train, held_out) = cached_examples(recipe, registry, &tok, &vocab)?;
+    let tok = tokenizer::load(&sources.tokenizer)?;
+    let vocab = tokenizer::vocab_info(&tok, &sources.tokenizer)?;
+    let (train, held_out) = cached_examples(recipe, &sources, registry, &tok, &vocab)?;
     if train.is_empty() {
         bail!(user_msg(format!(
             "data.train: {} gives no training example of {} tokens (lower data.max_seq_len or add text)",
@@ -69,7 +71,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     )?;
     let model_section = &recipe.raw.model;
     let source = ModelSource {
-        checkpoint: model_section.checkpoint.as_deref(),
+        checkpoint: sources.checkpoint.as_deref(),
         options: &model_section.options,
         device: recipe.device,
         compute: recipe.raw.training.precision.compute_kind(),
@@ -79,7 +81,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     if (vocab.vocab_size as i64) > info.vocab_size {
         bail!(user_msg(format!(
             "tokenizer.path: {} has {} tokens but the model's vocabulary has {}",
-            recipe.tokenizer.display(),
+            sources.tokenizer.display(),
             vocab.vocab_size,
             info.vocab_size
         )));
@@ -150,7 +152,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     // Checkpoint in Hugging Face layout, with the tokenizer beside it.
     let checkpoint = recipe.run_dir.join("checkpoint");
     trainer.model.save_pretrained(&checkpoint)?;
-    copy_tokenizer_files(&recipe.tokenizer, &checkpoint)?;
+    copy_tokenizer_files(&sources.tokenizer, &checkpoint)?;
 
     let table = &trainer.table;
     let evals: Vec<&Row> = table.rows.iter().filter(|r| r.eval.contains_key("eval_loss")).collect();
@@ -179,6 +181,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
 /// recipe's data, else read, split, tokenized and stored there.
 fn cached_examples(
     recipe: &Recipe,
+    sources: &crate::hub::Sources,
     registry: &Registry,
     tok: &tokenizers::Tokenizer,
     vocab: &runner_api::VocabInfo,
@@ -186,7 +189,7 @@ fn cached_examples(
     let t0 = Instant::now();
     let cache = if recipe.raw.data.cache { cache::dir() } else { None };
     let key = match &cache {
-        Some(_) => Some(cache::key(recipe)?),
+        Some(_) => Some(cache::key(recipe, sources)?),
         None => None,
     };
     if let (Some(dir), Some(key)) = (&cache, &key) {
@@ -206,10 +209,17 @@ fn cached_examples(
         }
     }
     let dataset = components::dataset(registry, &recipe.dataset, &recipe.dataset_options)?;
-    let read = |p: &Path, key: &str| dataset.read(p).map_err(|e| user_msg(format!("{key}: {e:#}")));
-    let (mut train_docs, eval_docs) = match &recipe.eval_source {
-        EvalSource::Path(p) => (read(&recipe.train_path, "data.train")?, read(p, "data.eval")?),
-        EvalSource::Holdout(f) => split_holdout(read(&recipe.train_path, "data.train")?, *f, recipe.raw.eval.seed)
+    let read = |paths: &[PathBuf], key: &str| -> Result<Vec<runner_api::Document>> {
+        let mut docs = Vec::new();
+        for p in paths {
+            docs.extend(dataset.read(p).map_err(|e| user_msg(format!("{key}: {e:#}")))?);
+        }
+        Ok(docs)
+    };
+    // sources.eval is there exactly when data.eval is (EvalSource::Path); else hold out.
+    let (mut train_docs, eval_docs) = match &sources.eval {
+        Some(eval) => (read(&sources.train, "data.train")?, read(eval, "data.eval")?),
+        None => split_holdout(read(&sources.train, "data.train")?, recipe.raw.data.holdout, recipe.raw.eval.seed)
             .map_err(|e| user_msg(format!("data.holdout: {e:#}")))?,
     };
     if let Some(n) = recipe.raw.data.max_train_documents {
