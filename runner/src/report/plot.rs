@@ -122,7 +122,11 @@ where
     let ppl: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, "perplexity")).collect();
     let names: Vec<&str> = runs.runs.iter().map(|r| r.name.as_str()).collect();
     panel(&panels[0], "eval loss vs step", "eval loss", &loss, &names, false)?;
-    panel(&panels[1], "perplexity vs step (log scale)", "perplexity", &ppl, &names, true)?;
+    // Log scale only where perplexities span more than a decade (fresh heads start high).
+    let (lo, hi) = ppl.iter().flatten().fold((f64::MAX, f64::MIN), |(lo, hi), &(_, y)| (lo.min(y), hi.max(y)));
+    let log = lo > 0.0 && hi / lo > 10.0;
+    let title = if log { "perplexity vs step (log scale)" } else { "perplexity vs step" };
+    panel(&panels[1], title, "perplexity", &ppl, &names, log)?;
     Ok(())
 }
 
@@ -157,7 +161,7 @@ where
         y1 = y0 + 1.0;
     }
     let mut builder = ChartBuilder::on(area);
-    builder.caption(title, ("sans-serif", 22)).margin(12).x_label_area_size(45).y_label_area_size(70);
+    builder.caption(title, ("sans-serif", 22)).margin(12).margin_right(30).x_label_area_size(45).y_label_area_size(70);
     if log_y {
         let y0 = y0.max(1e-9);
         let mut chart = builder.build_cartesian_2d(x0..x1, (y0 / 1.1..y1 * 1.1).log_scale()).map_err(err)?;
