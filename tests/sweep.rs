@@ -183,6 +183,13 @@ fn sweep_runs_resumes_and_reports() {
     check_png(&sweep_dir.join("report.png"), 6);
     let svg = std::fs::read_to_string(sweep_dir.join("report.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("eval loss") && svg.contains(RUNS[5].0), "svg lacks labels");
+
+    // A changed recipe is not mixed with finished results: refused before anything runs.
+    let kept = snapshot(&sweep_dir.join(RUNS[0].0));
+    let o = sweep(out.path(), &["--set", "training.warmup_steps=3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("6 finished run(s)") && stderr(&o).contains("--overwrite"), "{}", stderr(&o));
+    assert_eq!(kept, snapshot(&sweep_dir.join(RUNS[0].0)));
 }
 
 /// The plot has the promised size, is not blank, and shows a line colour per run.
