@@ -306,3 +306,31 @@ fn valid_sweep_dry_run_and_single_run_report() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("no runs"), "{}", stderr(&o));
 }
+
+#[test]
+fn templates_compose_with_extends_and_import() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_parts(dir.path());
+    std::fs::write(
+        dir.path().join("parts/base.yaml.j2"),
+        "run: {name: x, seed: 7}\n{% include \"parts/tiny-data.yaml\" %}\n{% block masking %}masking: {rate: 0.15}{% endblock %}\ntraining: {threads: 1, batch_size: 8, max_steps: 2}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("parts/macros.j2"), "{% macro half(x) %}{{ x / 2 }}{% endmacro %}").unwrap();
+    let text = "{#\ngrid: {masking.rate: [0.3, 0.5]}\n#}\n{% extends \"parts/base.yaml.j2\" %}\n{% import \"parts/macros.j2\" as m %}\n{% block masking %}masking: {rate: {{ masking.rate }}, mask_token_rate: {{ m.half(masking.rate) }}}{% endblock %}\n";
+    let o = sweep_template(dir.path(), "composed.yaml.j2", text, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("2 run(s)"), "{}", stdout(&o));
+    // Run one point for real and read what the blocks and the macro made of it.
+    let out = format!("run.output_dir={}", dir.path().join("out").display());
+    let path = dir.path().join("composed.yaml.j2");
+    let o = runner(&["sweep", path.to_str().unwrap(), "--set", &out, "--grid", "masking.rate=0.5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recipe: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(dir.path().join("out/composed/rate-0.5/recipe.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(recipe["masking"]["rate"].as_f64(), Some(0.5));
+    assert_eq!(recipe["masking"]["mask_token_rate"].as_f64(), Some(0.25));
+    assert_eq!(recipe["training"]["max_steps"].as_u64(), Some(2));
+}
