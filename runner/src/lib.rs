@@ -7,7 +7,9 @@
 //! - components are found by name in [`registry`] and built in [`components`];
 //! - data becomes masked batches in [`data`];
 //! - a training step happens in [`train::Trainer::fit`];
-//! - eval is [`eval::evaluate`]; tables and summaries are written by [`report`].
+//! - eval is [`eval::evaluate`]; tables and summaries are written by [`report`];
+//! - a template becomes many runs in [`sweep`]; runs become one table and plot in
+//!   [`report::table`] and [`report::plot`].
 
 pub mod cli;
 pub mod components;
@@ -19,4 +21,5 @@ pub mod hub;
 pub mod recipe;
 pub mod registry;
 pub mod report;
+pub mod sweep;
 pub mod train;

@@ -3,7 +3,9 @@
 pub mod fill_mask;
 mod new_plugin;
 mod plugins;
+mod report;
 mod run;
+mod sweep;
 mod validate;
 
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::recipe::Override;
+use crate::sweep::grid::GridArg;
 
 #[derive(Debug, Parser)]
 #[command(name = "runner", version, about = "Masked-language-model pretraining of BERT from YAML recipes")]
@@ -33,6 +36,29 @@ pub struct RecipeArgs {
     pub overrides: Vec<Override>,
 }
 
+/// Arguments of `runner sweep`.
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    /// The recipe template (minijinja); its `{# grid: ... #}` header gives the grid.
+    pub template: PathBuf,
+    /// Sweep a recipe key over values: --grid masking.rate=0.15,0.3 (repeatable;
+    /// replaces the header's values for that key).
+    #[arg(long = "grid", value_name = "KEY=V1,V2,...")]
+    pub grid: Vec<GridArg>,
+    /// Override a recipe field in every run: --set training.max_steps=50 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<Override>,
+    /// Sweep name (results/<name>/); default: the header's name, else the file stem.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Render and check every run, print the plan, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Redo finished runs whose recipe has changed since.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train (continue pretraining) as a recipe says; results go to results/<run>/.
@@ -47,6 +73,16 @@ pub enum Command {
     Validate {
         #[command(flatten)]
         recipe: RecipeArgs,
+    },
+    /// Run a recipe template over a grid; results go to results/<sweep>/<run>/.
+    Sweep(SweepArgs),
+    /// Table (and with --plot, curves) of every run under DIR: report.csv/.parquet/.md/.png.
+    Report {
+        /// A sweep directory (results/<sweep>) or a directory of runs, or one run's directory.
+        dir: PathBuf,
+        /// Also draw eval loss and perplexity against step into report.png and report.svg.
+        #[arg(long)]
+        plot: bool,
     },
     /// Predict the [MASK] tokens of a text, like the transformers fill-mask pipeline.
     FillMask {
@@ -90,6 +126,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { recipe, overwrite } => run::run(&recipe, overwrite),
         Command::Validate { recipe } => validate::validate(&recipe),
+        Command::Sweep(args) => sweep::sweep(&args),
+        Command::Report { dir, plot } => report::report(&dir, plot),
         Command::FillMask { model, text, top_k, json } => fill_mask::fill_mask(&model, &text, top_k, json),
         Command::Plugins { extra } => plugins::list(&extra),
         Command::NewPlugin { name, dir } => new_plugin::create(&name, &dir),

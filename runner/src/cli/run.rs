@@ -1,4 +1,5 @@
-//! `runner run RECIPE`: resolve the recipe, train, and say where results went.
+//! `runner run RECIPE`: resolve the recipe, train, and say where results went
+//! (and the command that shows its report).
 
 use anyhow::Result;
 
@@ -24,5 +25,6 @@ pub fn run(args: &RecipeArgs, overwrite: bool) -> Result<()> {
     println!("results:    {}", outcome.run_dir.display());
     println!("metrics:    {}", outcome.run_dir.join("metrics.csv").display());
     println!("checkpoint: {}", s.checkpoint);
+    println!("report:     runner report {}", outcome.run_dir.display());
     Ok(())
 }

@@ -222,11 +222,15 @@ pub struct EvalSection {
     /// Seed of the holdout split and of the fixed eval masks; independent of
     /// `run.seed` so eval loss compares across runs.
     pub seed: u64,
+    /// Masking rate of the eval masks; defaults to `masking.rate`. Fixing it (say at
+    /// 0.15) makes eval loss comparable across runs trained at different rates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masking_rate: Option<f64>,
 }
 
 impl Default for EvalSection {
     fn default() -> Self {
-        EvalSection { every: 0, at_start: true, batch_size: 32, max_sequences: Some(512), seed: 0 }
+        EvalSection { every: 0, at_start: true, batch_size: 32, max_sequences: Some(512), seed: 0, masking_rate: None }
     }
 }
 

@@ -271,6 +271,9 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
 
     // eval and metrics
     p.check(raw.eval.batch_size > 0, "eval.batch_size", || "must be positive".into());
+    if let Some(r) = raw.eval.masking_rate {
+        probability(&mut p, "eval.masking_rate", r);
+    }
     if let Some(n) = raw.eval.max_sequences {
         p.check(n > 0, "eval.max_sequences", || "must be positive".into());
     }

@@ -1,7 +1,10 @@
 //! Run outputs written with polars: the metrics table (`metrics.csv`,
 //! `metrics.parquet`) and the one-row summary (`summary.csv`, `summary.json`).
 //! Files are written to a temporary name and renamed, so a crash never leaves
-//! a half-written table behind.
+//! a half-written table behind. Reports over many runs: [`table`] and [`plot`].
+
+pub mod plot;
+pub mod table;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -61,9 +61,17 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     // Components.
     let masking = &recipe.raw.masking;
     let masker = components::masker(registry, &masking.strategy, &masking.options, recipe.masking_rates, &vocab)?;
+    // Eval masks may use their own rate (eval.masking_rate), the other rates shared.
+    let eval_masker = match recipe.raw.eval.masking_rate {
+        Some(rate) if rate != recipe.masking_rates.rate => {
+            let rates = runner_api::MaskingRates { rate, ..recipe.masking_rates };
+            components::masker(registry, &masking.strategy, &masking.options, rates, &vocab)?
+        }
+        _ => masker.clone(),
+    };
     let eval_set = EvalSet::new(
         &held_out,
-        masker.as_ref(),
+        eval_masker.as_ref(),
         recipe.raw.eval.batch_size,
         recipe.raw.eval.max_sequences,
         recipe.raw.eval.seed,

@@ -1,0 +1,221 @@
+//! `runner report --plot`: eval loss and perplexity against step, one line per
+//! run with a legend, side by side, into `report.png` and `report.svg` (plotters).
+//! Text is drawn with ab_glyph from a TrueType font file found on the system
+//! (DejaVu Sans from Debian's fonts-dejavu-core, or `RUNNER_FONT=path.ttf`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::table::Runs;
+use crate::error::user_msg;
+
+/// Size of the whole figure in pixels: two panels side by side.
+pub const WIDTH: u32 = 1400;
+pub const HEIGHT: u32 = 560;
+
+/// Tableau's ten colours, then darker variants: distinct lines for up to 20 runs.
+const COLOURS: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+fn colour(i: usize) -> RGBColor {
+    let (r, g, b) = COLOURS[i % COLOURS.len()];
+    if (i / COLOURS.len()) % 2 == 1 {
+        RGBColor(r / 2, g / 2, b / 2)
+    } else {
+        RGBColor(r, g, b)
+    }
+}
+
+/// Font files tried in order, after `RUNNER_FONT`.
+const FONTS: [&str; 5] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Registers a system TrueType font as plotters' `sans-serif`, once.
+fn ensure_font() -> Result<()> {
+    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let candidates: Vec<PathBuf> =
+            std::env::var_os("RUNNER_FONT").map(PathBuf::from).into_iter().chain(FONTS.iter().map(PathBuf::from)).collect();
+        for path in &candidates {
+            if let Ok(bytes) = std::fs::read(path) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        Err(format!(
+            "--plot needs a TrueType font and found none of {}; install one (apt-get install fonts-dejavu-core) or set RUNNER_FONT=/path/to/font.ttf",
+            FONTS.join(", ")
+        ))
+    })
+    .clone()
+    .map_err(user_msg)
+}
+
+/// One run's `(step, value)` points of a metrics column, nulls dropped.
+fn series(df: &polars::prelude::DataFrame, column: &str) -> Vec<(f64, f64)> {
+    use polars::prelude::*;
+    let col = |name: &str| -> Vec<Option<f64>> {
+        df.column(name)
+            .ok()
+            .and_then(|c| c.cast(&DataType::Float64).ok())
+            .and_then(|c| c.f64().ok().map(|c| c.into_iter().collect()))
+            .unwrap_or_default()
+    };
+    col("step").into_iter().zip(col(column)).filter_map(|(s, v)| Some((s?, v?))).filter(|(_, v)| v.is_finite()).collect()
+}
+
+/// Draws `report.png` and `report.svg` into `dir`; returns their paths.
+pub fn plot(runs: &Runs, dir: &Path) -> Result<Vec<PathBuf>> {
+    ensure_font()?;
+    let png = dir.join("report.png");
+    let svg = dir.join("report.svg");
+    let png_tmp = dir.join("report.tmp.png");
+    {
+        let root = BitMapBackend::new(&png_tmp, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(runs, &root)?;
+        root.present().map_err(|e| anyhow!("cannot write {}: {e}", png.display()))?;
+    }
+    std::fs::rename(&png_tmp, &png).map_err(|e| anyhow!("cannot rename {}: {e}", png_tmp.display()))?;
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(runs, &root)?;
+        root.present().map_err(|e| anyhow!("cannot draw {}: {e}", svg.display()))?;
+    }
+    super::atomic_write(&svg, |f| {
+        use std::io::Write;
+        f.write_all(text.as_bytes())?;
+        Ok(())
+    })?;
+    Ok(vec![png, svg])
+}
+
+fn draw<DB: DrawingBackend>(runs: &Runs, root: &DrawingArea<DB, Shift>) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw the plot: {e}");
+    root.fill(&WHITE).map_err(err)?;
+    let panels = root.split_evenly((1, 2));
+    let loss: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, "eval_loss")).collect();
+    let ppl: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, "perplexity")).collect();
+    let names: Vec<&str> = runs.runs.iter().map(|r| r.name.as_str()).collect();
+    panel(&panels[0], "eval loss vs step", "eval loss", &loss, &names, false)?;
+    // Log scale only where perplexities span more than a decade (fresh heads start high).
+    let (lo, hi) = ppl.iter().flatten().fold((f64::MAX, f64::MIN), |(lo, hi), &(_, y)| (lo.min(y), hi.max(y)));
+    let log = lo > 0.0 && hi / lo > 10.0;
+    let title = if log { "perplexity vs step (log scale)" } else { "perplexity vs step" };
+    panel(&panels[1], title, "perplexity", &ppl, &names, log)?;
+    Ok(())
+}
+
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    y_label: &str,
+    lines: &[Vec<(f64, f64)>],
+    names: &[&str],
+    log_y: bool,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw the plot: {e}");
+    let all = lines.iter().flatten();
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in all {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        // No eval values at all: an empty panel with unit axes.
+        (x0, x1, y0, y1) = (0.0, 1.0, 1.0, 2.0);
+    }
+    if x1 - x0 < 1e-9 {
+        x1 = x0 + 1.0;
+    }
+    if y1 - y0 < 1e-9 {
+        y1 = y0 + 1.0;
+    }
+    let mut builder = ChartBuilder::on(area);
+    builder.caption(title, ("sans-serif", 22)).margin(12).margin_right(30).x_label_area_size(45).y_label_area_size(70);
+    if log_y {
+        let y0 = y0.max(1e-9);
+        let mut chart = builder.build_cartesian_2d(x0..x1, (y0 / 1.1..y1 * 1.1).log_scale()).map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(y_label)
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(err)?;
+        for (i, (pts, name)) in lines.iter().zip(names).enumerate() {
+            let c = colour(i);
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                .map_err(err)?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(err)?;
+        }
+        legend(&mut chart).map_err(err)?;
+    } else {
+        let pad = (y1 - y0) * 0.05;
+        let mut chart = builder.build_cartesian_2d(x0..x1, y0 - pad..y1 + pad).map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(y_label)
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(err)?;
+        for (i, (pts, name)) in lines.iter().zip(names).enumerate() {
+            let c = colour(i);
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                .map_err(err)?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(err)?;
+        }
+        legend(&mut chart).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+}

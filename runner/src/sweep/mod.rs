@@ -1,0 +1,293 @@
+//! Sweeps: a recipe template rendered over a grid. [`plan`] renders and resolves
+//! every grid point before anything runs and decides, from what is on disk, which
+//! runs are finished (same resolved `recipe.yaml` and a readable `summary.json`);
+//! [`execute`] runs the rest into `<output_dir>/<sweep>/<run>/`.
+//!
+//! A grid point reaches a recipe twice: as variables of the template (nested,
+//! `masking.rate` is `{{ masking.rate }}`, plus `{{ sweep.name }}` and
+//! `{{ sweep.run }}`), and as `--set`-style overrides applied to the rendered
+//! recipe, so a swept key takes its value even where the template does not use it.
+
+pub mod grid;
+pub mod template;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde_yaml::Value;
+
+use crate::error::user_msg;
+use crate::recipe::{self, overrides, Override, RawRecipe, Recipe};
+use crate::registry::Registry;
+use crate::train::RunOutcome;
+use grid::{Axis, Origin, Point};
+use template::{show_line, Template};
+
+/// What `runner sweep` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub template: PathBuf,
+    /// `--grid` axes; they replace header axes of the same key.
+    pub grid: Vec<Axis>,
+    /// `--set` overrides applied to every run (before the grid point's values).
+    pub overrides: Vec<Override>,
+    /// Sweep name; defaults to the header's `name:`, then to the template's file stem.
+    pub name: Option<String>,
+}
+
+/// Whether a run still has to happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Nothing written yet.
+    New,
+    /// Started but without a readable `summary.json`: redone from scratch.
+    Unfinished,
+    /// Finished with this same resolved recipe: skipped.
+    Finished,
+    /// Finished, but with a different recipe: redone only with `--overwrite`.
+    Changed,
+}
+
+/// One run of a sweep.
+#[derive(Debug)]
+pub struct PlannedRun {
+    pub point: Point,
+    pub recipe: Recipe,
+    pub state: State,
+}
+
+/// Every run of a sweep, resolved, with its state on disk.
+#[derive(Debug)]
+pub struct Plan {
+    pub name: String,
+    pub template: PathBuf,
+    /// `<output_dir>/<sweep>`: where the runs go and `runner report` reads.
+    pub dir: PathBuf,
+    pub axes: Vec<Axis>,
+    pub runs: Vec<PlannedRun>,
+}
+
+/// Renders and resolves every grid point; nothing is run or written.
+pub fn plan(req: &Request, registry: &Registry) -> Result<Plan> {
+    let t = Template::load(&req.template)?;
+    let axes = grid::merge(t.header.grid.clone(), req.grid.clone());
+    let name = match req.name.clone().or_else(|| t.header.name.clone()) {
+        Some(n) => n,
+        None => stem(&t.path),
+    };
+    if name.is_empty() || grid::sanitise(&name) != name || name == "." || name == ".." {
+        return Err(user_msg(format!(
+            "{}: sweep name `{name}` must be letters, digits, '-', '_' or '.' (give --name)",
+            t.path.display()
+        )));
+    }
+    let points = grid::expand(&axes).map_err(|e| user_msg(format!("{}: {e:#}", t.path.display())))?;
+    let mut runs = Vec::with_capacity(points.len());
+    for point in points {
+        let recipe = expand_one(&t, &axes, &point, &name, &req.overrides, registry)?;
+        let state = state_of(&recipe)?;
+        runs.push(PlannedRun { point, recipe, state });
+    }
+    let dir = runs
+        .first()
+        .and_then(|r| r.recipe.run_dir.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("results").join(&name));
+    Ok(Plan { name, template: t.path, dir, axes, runs })
+}
+
+/// `mask-rate.yaml.j2` -> `mask-rate`: the file name without `.j2`/`.jinja`/`.yaml`/`.yml`.
+fn stem(path: &Path) -> String {
+    let mut s = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    for ext in [".j2", ".jinja", ".jinja2", ".yaml", ".yml"] {
+        if let Some(x) = s.strip_suffix(ext) {
+            s = x.to_string();
+        }
+    }
+    s
+}
+
+/// Renders one grid point, applies the overrides and the sweep's run name and
+/// directory, and resolves the recipe.
+fn expand_one(
+    t: &Template,
+    axes: &[Axis],
+    point: &Point,
+    sweep: &str,
+    sets: &[Override],
+    registry: &Registry,
+) -> Result<Recipe> {
+    let shown = t.path.display();
+    let mut vars = point.tree().map_err(|e| user_msg(format!("{shown}: {e:#}")))?;
+    if let Value::Mapping(m) = &mut vars {
+        let mut s = serde_yaml::Mapping::new();
+        s.insert("name".into(), sweep.into());
+        s.insert("run".into(), point.name.clone().into());
+        m.insert("sweep".into(), Value::Mapping(s));
+    }
+    let text = t.render(&vars)?;
+    let mut tree: Value = serde_yaml::from_str(&text).map_err(|e| {
+        let at = e.location().map(|l| l.line());
+        let line = at.map_or(String::new(), |l| format!(" at line {l}"));
+        user_msg(format!(
+            "{shown}: the recipe rendered for run `{}` is not valid YAML{line} (of the rendered text): {e}{}",
+            point.name,
+            at.map_or(String::new(), |l| show_line(&text, l))
+        ))
+    })?;
+    if !tree.is_mapping() {
+        return Err(user_msg(format!("{shown}: the rendered recipe is not a YAML mapping of sections")));
+    }
+    for o in sets {
+        overrides::apply(&mut tree, o).map_err(|e| user_msg(format!("{shown}: {e:#}")))?;
+    }
+    for (o, axis) in point.overrides().iter().zip(axes) {
+        overrides::apply(&mut tree, o)
+            .map_err(|e| user_msg(format!("{}: grid key {}: {e:#}", where_(t, axis), axis.key)))?;
+    }
+    let out = tree.get("run").and_then(|r| r.get("output_dir")).and_then(Value::as_str).unwrap_or("results");
+    let out = Path::new(out).join(sweep).display().to_string();
+    for (k, v) in [("output_dir", out), ("name", point.name.clone())] {
+        let o = Override { path: vec!["run".into(), k.into()], value: Value::String(v) };
+        overrides::apply(&mut tree, &o).map_err(|e| user_msg(format!("{shown}: {e:#}")))?;
+    }
+    let raw: RawRecipe = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.inner().to_string();
+        let hit = axes.iter().find(|a| key == a.key || key.starts_with(&format!("{}.", a.key)) || a.key.starts_with(&format!("{key}.")));
+        match hit {
+            Some(a) if inner.contains("unknown field") => {
+                user_msg(format!("{}: grid key `{}` names no recipe field ({key}: {inner})", where_(t, a), a.key))
+            }
+            Some(a) => user_msg(format!("{}: grid key `{}`: {key}: {inner}", where_(t, a), a.key)),
+            None => in_rendered(t, &text, &point.name, &key, &inner),
+        }
+    })?;
+    recipe::resolve(raw, &t.path, registry)
+        .map_err(|e| user_msg(format!("run `{}` of sweep `{sweep}`: {e:#}", point.name)))
+}
+
+/// `template:line` for a header key, `template (--grid key)` for a command-line one.
+fn where_(t: &Template, a: &Axis) -> String {
+    match a.origin {
+        Origin::Header { line } => format!("{}:{line}", t.path.display()),
+        Origin::CommandLine => format!("{} (--grid {})", t.path.display(), a.key),
+    }
+}
+
+/// A recipe error not caused by a grid key: located in the rendered text when the
+/// rendered text alone has it (then with its line), else it came from `--set`.
+fn in_rendered(t: &Template, text: &str, run: &str, key: &str, inner: &str) -> anyhow::Error {
+    let shown = t.path.display();
+    let alone: Result<RawRecipe, _> = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text));
+    match alone {
+        Err(e) if e.path().to_string() == key => {
+            let at = e.inner().location().map(|l| l.line());
+            let line = at.map_or(String::new(), |l| format!(" at line {l}"));
+            user_msg(format!(
+                "{shown}: the recipe rendered for run `{run}`{line} (of the rendered text): {key}: {inner}{}",
+                at.map_or(String::new(), |l| show_line(text, l))
+            ))
+        }
+        _ => user_msg(format!("{shown} (with --set): {key}: {inner}")),
+    }
+}
+
+/// Decides from the run directory whether a run is finished with this recipe.
+fn state_of(recipe: &Recipe) -> Result<State> {
+    let dir = &recipe.run_dir;
+    if !dir.exists() {
+        return Ok(State::New);
+    }
+    let summary_ok = std::fs::read_to_string(dir.join("summary.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .is_some_and(|v| v.is_object());
+    if !summary_ok {
+        return Ok(State::Unfinished);
+    }
+    let want = serde_yaml::to_string(&recipe.raw)?;
+    let have = std::fs::read_to_string(dir.join("recipe.yaml")).unwrap_or_default();
+    Ok(if have == want { State::Finished } else { State::Changed })
+}
+
+/// What happened to one run.
+#[derive(Debug)]
+pub enum Done {
+    Skipped(PathBuf),
+    Ran(RunOutcome),
+}
+
+/// Runs every run that is not finished, in grid order. Runs finished with a
+/// different recipe are refused (before anything runs) unless `overwrite`.
+pub fn execute(plan: &Plan, registry: &Registry, overwrite: bool, mut on_done: impl FnMut(usize, &PlannedRun, &Done)) -> Result<Vec<Done>> {
+    let changed: Vec<&str> = plan.runs.iter().filter(|r| r.state == State::Changed).map(|r| r.point.name.as_str()).collect();
+    if !changed.is_empty() && !overwrite {
+        return Err(user_msg(format!(
+            "{}: {} finished run(s) were made from a different recipe ({}); pass --overwrite to redo them, or --name for a new sweep",
+            plan.dir.display(),
+            changed.len(),
+            changed.join(", ")
+        )));
+    }
+    std::fs::create_dir_all(&plan.dir).map_err(|e| user_msg(format!("cannot create {}: {e}", plan.dir.display())))?;
+    write_manifest(plan)?;
+    let mut done = Vec::with_capacity(plan.runs.len());
+    for (i, run) in plan.runs.iter().enumerate() {
+        let d = match run.state {
+            State::Finished => Done::Skipped(run.recipe.run_dir.clone()),
+            State::New => Done::Ran(crate::train::run(&run.recipe, registry, false)?),
+            State::Unfinished | State::Changed => Done::Ran(crate::train::run(&run.recipe, registry, true)?),
+        };
+        on_done(i, run, &d);
+        done.push(d);
+    }
+    Ok(done)
+}
+
+/// `sweep.json` in the sweep directory: the template, the grid and each run's
+/// swept values. `runner report` reads it to know which columns were swept.
+fn write_manifest(plan: &Plan) -> Result<()> {
+    let grid: Vec<serde_json::Value> = plan
+        .axes
+        .iter()
+        .map(|a| serde_json::json!({"key": a.key, "values": a.values}))
+        .collect();
+    let runs: Vec<serde_json::Value> = plan
+        .runs
+        .iter()
+        .map(|r| {
+            let values: serde_json::Map<String, serde_json::Value> = r
+                .point
+                .values
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(serde_json::Value::Null)))
+                .collect();
+            serde_json::json!({"run": r.point.name, "values": values})
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "sweep": plan.name,
+        "template": plan.template.display().to_string(),
+        "grid": grid,
+        "runs": runs,
+    });
+    crate::report::atomic_write(&plan.dir.join(MANIFEST), |f| {
+        serde_json::to_writer_pretty(&mut *f, &manifest)?;
+        Ok(())
+    })
+}
+
+/// The manifest's file name in a sweep directory.
+pub const MANIFEST: &str = "sweep.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_names_come_from_the_file_stem() {
+        assert_eq!(stem(Path::new("recipes/sweeps/mask-rate.yaml.j2")), "mask-rate");
+        assert_eq!(stem(Path::new("a.yml")), "a");
+        assert_eq!(stem(Path::new("b.jinja")), "b");
+    }
+}
