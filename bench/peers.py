@@ -1,5 +1,10 @@
 """PyTorch peers for the runner's benchmark: one process runs one configuration.
 
+Also the benchmark's two helpers that need transformers: `--make-start` writes the
+common starting checkpoint (the pretrained encoder plus a seeded MLM head), and
+`--evaluate` scores any checkpoint (the runner's export included) with the same
+evaluation the peers use, so eval losses compare like for like.
+
 peer `hf`:     transformers BertForMaskedLM (SDPA attention) as users run it: the MLM
                head over every position, torch.optim.AdamW, DataCollatorForLanguageModeling.
 peer `sparse`: the same model with the MLM head and loss computed only at masked
@@ -32,13 +37,57 @@ def sparse_loss(model, input_ids, attention_mask, labels):
     return torch.nn.functional.cross_entropy(logits.float(), labels.view(-1)[picked])
 
 
+def tokenizer_for(folder):
+    return PreTrainedTokenizerFast(
+        tokenizer_file=f"{folder}/tokenizer.json",
+        unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
+    )
+
+
+def evaluate(model, blocks, tokenizer, batch=32):
+    """Mean cross-entropy over masked tokens of `blocks`, in float32, with masks
+    drawn from a fixed seed: every model scored here sees the same masks."""
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    model.eval()
+    rng_state = torch.get_rng_state()
+    torch.manual_seed(1234)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(blocks), batch):
+            b = collator([{"input_ids": r} for r in blocks[i : i + batch]])
+            ids, labels = b["input_ids"], b["labels"]
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            total += float(torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels.view(-1), reduction="sum"))
+            count += int((labels != -100).sum())
+    torch.set_rng_state(rng_state)
+    return total / count
+
+
+def make_start(model_dir, out, seed):
+    """The pretrained encoder with its MLM head initialised from `seed`, saved with
+    the tokenizer files: the one starting point of every trainer in the benchmark."""
+    import shutil
+
+    torch.manual_seed(seed)
+    model = BertForMaskedLM.from_pretrained(model_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        src = f"{model_dir}/{name}"
+        try:
+            shutil.copy(src, f"{out}/{name}")
+        except FileNotFoundError:
+            pass
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--peer", choices=["hf", "sparse"], required=True)
+    ap.add_argument("--make-start", metavar="OUT", help="write the common starting checkpoint of --model to OUT")
+    ap.add_argument("--evaluate", metavar="DIR", help="score the checkpoint in DIR on --eval and print it")
+    ap.add_argument("--peer", choices=["hf", "sparse"])
     ap.add_argument("--model", required=True, help="HF model dir, or a config.json for random init")
     ap.add_argument("--tokenizer", required=True, help="folder with tokenizer.json")
-    ap.add_argument("--train", required=True)
-    ap.add_argument("--eval", required=True)
+    ap.add_argument("--train")
+    ap.add_argument("--eval")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
@@ -49,6 +98,14 @@ def main():
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.make_start:
+        return make_start(args.model, args.make_start, args.seed)
+    tokenizer = tokenizer_for(args.tokenizer)
+    if args.evaluate:
+        model = BertForMaskedLM.from_pretrained(args.evaluate, attn_implementation="sdpa")
+        return print(json.dumps({"eval_loss": evaluate(model, load_blocks(args.eval), tokenizer)}))
+    if not (args.peer and args.train and args.eval):
+        ap.error("--peer, --train and --eval are required to train")
     torch.manual_seed(args.seed)
     if args.model.endswith(".json"):
         from transformers import BertConfig
@@ -58,10 +115,6 @@ def main():
         model = BertForMaskedLM(config)
     else:
         model = BertForMaskedLM.from_pretrained(args.model, attn_implementation="sdpa")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=f"{args.tokenizer}/tokenizer.json",
-        unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
-    )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
     no_decay = ("bias", "LayerNorm.weight")
     named = list(model.named_parameters())
@@ -100,24 +153,13 @@ def main():
             tokens += batch["input_ids"].numel()
     seconds = time.perf_counter() - t0
 
-    # Eval: fixed masks (seeded), mean cross-entropy over masked tokens.
-    model.eval()
-    torch.manual_seed(1234)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(evalb), 32):
-            batch = collator([{"input_ids": r} for r in evalb[i : i + 32]])
-            ids, labels = batch["input_ids"], batch["labels"]
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-            n = int((labels != -100).sum())
-            total += float(torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels.view(-1), reduction="sum"))
-            count += n
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # training's peak, before eval
     print(json.dumps({
         "peer": args.peer,
         "precision": args.precision,
         "tokens_per_s": tokens / seconds,
-        "eval_loss": total / count,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "eval_loss": evaluate(model.float(), evalb, tokenizer),
+        "peak_rss_mb": peak_rss_mb,
     }))
 
 

@@ -2,15 +2,22 @@
 
     bench/run.sh                       # MiniLM-L6 (quickstart checkpoint), fp32 and bf16
     bench/run.sh --bert-base           # also the bert-base shape (random init, batch 16)
+    bench/run.sh --repeats 1 --steps 5 # a quick look
 
-Every configuration runs in its own process (so peak RSS is its own), one after the
-other, in this one invocation; ratios are against peers measured in the same run.
-Prints a table and writes bench/results/latest.{json,md}.
+Every trainer starts from one checkpoint (the MiniLM encoder with a seeded MLM head),
+trains on the same documents with the same batch, learning rate and steps, and is then
+scored by one evaluator (bench/peers.py --evaluate) on the same held-out blocks with the
+same masks. Every configuration runs in its own process (so peak RSS is its own), the
+three trainers interleaved, `--repeats` times; tokens/s is the median. Also measured: the
+matmul peak of each precision (for MFU) and how long the runner takes to start training
+on a cold and a warm token cache. Prints a table and writes bench/results/latest.{json,md,png}.
 """
 
 import argparse
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,49 +30,61 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "data/models/all-minilm-l6-v2")
 DOCS = os.path.join(ROOT, "data/python-docs")
 RUNNER = os.path.join(ROOT, "target/release/runner")
+PEERS = os.path.join(ROOT, "bench/peers.py")
+SEQ = 128
+MASKED = 0.15
 
 
-def run_child(cmd):
-    """Runs a command; returns (stdout, peak RSS of that process in MB)."""
-    with tempfile.TemporaryFile() as out:
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "RUST_LOG": "warn"})
+def run_child(cmd, env=None):
+    """Runs a command; returns (stdout, stderr, peak RSS of that process in MB)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env={**os.environ, "RUST_LOG": "warn", **(env or {})})
         _, status, usage = os.wait4(p.pid, 0)
-        err = p.stderr.read().decode()
         out.seek(0)
-        text = out.read().decode()
+        err.seek(0)
+        text, errors = out.read().decode(), err.read().decode()
     if status != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{err}")
-    return text, usage.ru_maxrss / 1024
+        sys.exit(f"failed: {' '.join(cmd)}\n{errors}")
+    return text, errors, usage.ru_maxrss / 1024
 
 
-def pack_blocks(tmp, seq=128, eval_docs=25, seed=0):
-    """Packs the corpus into [CLS] 126 tokens [SEP] blocks, documents joined by [SEP]."""
+def split_documents(tmp, eval_docs=25, seed=0):
+    """Holds out `eval_docs` documents: two folders of links, train/ and eval/."""
+    files = sorted(os.path.relpath(os.path.join(d, f), DOCS) for d, _, fs in os.walk(DOCS) for f in fs if f.endswith(".txt"))
+    held = set(np.random.default_rng(seed).choice(len(files), eval_docs, replace=False).tolist())
+    dirs = {"train": os.path.join(tmp, "docs-train"), "eval": os.path.join(tmp, "docs-eval")}
+    for i, f in enumerate(files):
+        link = os.path.join(dirs["eval" if i in held else "train"], f)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(os.path.join(DOCS, f), link)
+    return dirs
+
+
+def pack_blocks(tmp, docs, eval_blocks=64):
+    """Packs each split into [CLS] 126 tokens [SEP] blocks, documents joined by [SEP]
+    (the runner's packed layout), for the peers and the evaluator."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(os.path.join(MODEL, "tokenizer.json"))
     tok.no_truncation()
     tok.no_padding()
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(DOCS) for f in fs if f.endswith(".txt"))
-    rng = np.random.default_rng(seed)
-    held = set(rng.choice(len(files), eval_docs, replace=False).tolist())
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     out = {}
-    for split, keep in (("train", lambda i: i not in held), ("eval", lambda i: i in held)):
+    for split, folder in docs.items():
         stream = []
-        for i, f in enumerate(files):
-            if not keep(i):
-                continue
-            lines = [l.strip() for l in open(f, encoding="utf-8") if l.strip()]
-            if stream:
-                stream.append(sep)
-            for enc in tok.encode_batch(lines, add_special_tokens=False):
-                stream.extend(enc.ids)
-        body = seq - 2
+        for d, _, fs in sorted(os.walk(folder)):
+            for f in sorted(fs):
+                lines = [l.strip() for l in open(os.path.join(d, f), encoding="utf-8") if l.strip()]
+                if stream:
+                    stream.append(sep)
+                for enc in tok.encode_batch(lines, add_special_tokens=False):
+                    stream.extend(enc.ids)
+        body = SEQ - 2
         n = len(stream) // body
         blocks = np.array(stream[: n * body], dtype=np.int64).reshape(n, body)
         blocks = np.concatenate([np.full((n, 1), cls), blocks, np.full((n, 1), sep)], axis=1)
         path = os.path.join(tmp, f"{split}.npy")
-        np.save(path, blocks[:64] if split == "eval" else blocks)
+        np.save(path, blocks[:eval_blocks] if split == "eval" else blocks)
         out[split] = path
     return out
 
@@ -82,49 +101,152 @@ def matmul_peak(dtype, threads, n=2048, reps=10):
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def train_flops_per_token(cfg, seq, masked=0.15, sparse=True):
-    """FLOPs a training step performs per token (forward + backward = 3x forward)."""
+def train_flops_per_token(cfg, who):
+    """Matmul FLOPs a training step performs per token (backward = 2x forward).
+
+    `hf` runs the MLM head at every position; `sparse` only at masked ones; the
+    runner also runs its last layer past attention only at masked positions."""
     h, i, layers, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    per_layer = 2 * (4 * h * h + 2 * h * i) + 2 * 2 * seq * h  # projections + QK^T and AV
-    head = 2 * (h * h + h * v) * (masked if sparse else 1.0)
-    return 3 * (layers * per_layer + head)
+    qkv, scores, rest = 2 * 3 * h * h, 2 * 2 * SEQ * h, 2 * (h * h + 2 * h * i)
+    encoder = layers * (qkv + scores + rest)
+    if who == "runner":
+        encoder -= (1 - MASKED) * rest
+    head = 2 * (h * h + h * v) * (1.0 if who == "hf" else MASKED)
+    return 3 * (encoder + head)
 
 
-def runner_config(args, steps, batch, model_section, precision):
+def runner_recipe(args, docs, model_section, batch, steps, precision, name="bench", cache=True):
     recipe = f"""
-run: {{name: bench, seed: 0, output_dir: {args.tmp}}}
-data: {{dataset: text, options: {{documents: file, suffix: .txt}}, train: {DOCS}, holdout: 0.05, max_seq_len: 128}}
+run: {{name: {name}, seed: 0, output_dir: {args.tmp}}}
+data: {{dataset: text, options: {{documents: file, suffix: .txt}}, train: {docs['train']}, eval: {docs['eval']}, max_seq_len: {SEQ}, cache: {str(cache).lower()}}}
 model: {model_section}
 training: {{device: cpu, precision: {precision}, threads: {args.threads}, batch_size: {batch}, max_steps: {steps}, lr: 1.0e-4, schedule: constant, warmup_steps: 0, log_every: 1}}
 eval: {{every: 0, at_start: false, batch_size: 32, max_sequences: 64}}
 metrics: [loss]
 """
-    path = os.path.join(args.tmp, "bench.yaml")
+    path = os.path.join(args.tmp, f"{name}.yaml")
     with open(path, "w") as f:
         f.write(recipe)
     return path
 
 
-def run_runner(args, batch, model_section, warmup, steps, precision):
-    recipe = runner_config(args, warmup + steps, batch, model_section, precision)
-    _, rss = run_child([RUNNER, "run", recipe, "--overwrite"])
+def run_runner(args, docs, blocks, config, precision):
+    name, _, _, batch, section, warmup, steps = config
+    recipe = runner_recipe(args, docs, section, batch, warmup + steps, precision)
+    _, _, rss = run_child([RUNNER, "run", recipe, "--overwrite"])
     import csv
 
     rows = list(csv.DictReader(open(os.path.join(args.tmp, "bench/metrics.csv"))))
     train = [r for r in rows if r["train_loss"] and int(r["step"]) > warmup]
-    seconds = sum(batch * 128 / float(r["tokens_per_s"]) for r in train)
-    evals = [float(r["eval_loss"]) for r in rows if r["eval_loss"]]
-    return {"peer": "runner", "precision": precision, "tokens_per_s": len(train) * batch * 128 / seconds, "eval_loss": evals[-1], "peak_rss_mb": rss}
+    seconds = sum(batch * SEQ / float(r["tokens_per_s"]) for r in train)
+    result = {"peer": "runner", "precision": precision, "tokens_per_s": len(train) * batch * SEQ / seconds, "peak_rss_mb": rss}
+    if name == "minilm-l6":
+        text, _, _ = run_child([sys.executable, PEERS, "--evaluate", os.path.join(args.tmp, "bench/checkpoint"),
+                                "--tokenizer", MODEL, "--eval", blocks["eval"], "--threads", str(args.threads)])
+        result["eval_loss"] = json.loads(text.strip().splitlines()[-1])["eval_loss"]
+    return result
 
 
-def run_peer(args, peer, precision, model, blocks, batch, warmup, steps):
-    cmd = [sys.executable, os.path.join(ROOT, "bench/peers.py"), "--peer", peer, "--model", model, "--tokenizer", MODEL,
+def run_peer(args, blocks, config, peer, precision):
+    name, model, _, batch, _, warmup, steps = config
+    cmd = [sys.executable, PEERS, "--peer", peer, "--model", model, "--tokenizer", MODEL,
            "--train", blocks["train"], "--eval", blocks["eval"], "--batch", str(batch), "--steps", str(steps),
            "--warmup", str(warmup), "--threads", str(args.threads), "--precision", precision]
-    text, rss = run_child(cmd)
+    text, _, rss = run_child(cmd)
     result = json.loads(text.strip().splitlines()[-1])
     result["peak_rss_mb"] = rss
+    if name != "minilm-l6":
+        result.pop("eval_loss", None)  # random init: nothing to compare
     return result
+
+
+def startup_seconds(args, docs, start):
+    """Seconds from launch to the first training step, with a cold then a warm token cache."""
+    cache = os.path.join(args.tmp, "token-cache")
+    recipe = runner_recipe(args, docs, f"{{checkpoint: {start}}}", 8, 1, "fp32", name="startup")
+    seconds = []
+    for _ in ("cold", "warm"):
+        _, err, _ = run_child([RUNNER, "run", recipe, "--overwrite"], env={"RUST_LOG": "info", "RUNNER_CACHE_DIR": cache})
+        found = re.search(r"ready to train ([0-9.]+)s after start", err)
+        if not found:
+            sys.exit(f"no 'ready to train' line in the runner's log:\n{err}")
+        seconds.append(float(found.group(1)))
+    return {"cold_s": seconds[0], "warm_s": seconds[1]}
+
+
+def summarise(runs):
+    """Median tokens/s and peak RSS over repeats; eval loss from the first run (deterministic)."""
+    row = dict(runs[0])
+    row["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in runs)
+    row["tokens_per_s_all"] = [round(r["tokens_per_s"], 1) for r in runs]
+    row["peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in runs)
+    return row
+
+
+def table(results):
+    rows, peak = results["rows"], results["matmul_peak_gflops"]
+
+    def find(r, peer, precision=None):
+        hits = [x for x in rows if x["model"] == r["model"] and x["peer"] == peer and x["precision"] == (precision or r["precision"])]
+        return hits[0] if hits else None
+
+    def ratio(r, peer):
+        base = find(r, peer)
+        return f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+
+    def loss(r):
+        if "eval_loss" not in r:
+            return "-", "-"
+        fp32 = find(r, r["peer"], "fp32")
+        vs = f"{100 * (r['eval_loss'] / fp32['eval_loss'] - 1):+.1f}%" if fp32 and r["precision"] != "fp32" else ""
+        hf = find(r, "hf")
+        vs_hf = f"{100 * (r['eval_loss'] / hf['eval_loss'] - 1):+.1f}%" if hf else "-"
+        return f"{r['eval_loss']:.3f}" + (f" ({vs} vs fp32)" if vs else ""), vs_hf
+
+    s = results["startup"]
+    lines = [
+        f"Machine: {results['cpu']}, {results['threads']} threads; matmul peak fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s; "
+        f"median of {results['repeats']} runs, {results['steps']} measured steps after {results['warmup']} warm-up",
+        "",
+        "| model | batch | precision | who | tokens/s | vs hf | vs sparse | eval loss | eval loss vs hf | peak RSS MB | MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        l, vs_hf = loss(r)
+        lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['peer']} | {r['tokens_per_s']:.0f} | "
+                     f"{ratio(r, 'hf')} | {ratio(r, 'sparse')} | {l} | {vs_hf} | {r['peak_rss_mb']:.0f} | {100 * r['mfu']:.1f}% |")
+    lines += ["", f"Runner start to first training step ({s['corpus']}): cold token cache {s['cold_s']:.2f} s, warm {s['warm_s']:.2f} s"]
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    groups = sorted({(r["model"], r["precision"]) for r in rows}, key=lambda g: (g[0] != "minilm-l6", g[1]))
+    who = ["hf", "sparse", "runner"]
+    colors = {"hf": "#9e9e9e", "sparse": "#5b8fd6", "runner": "#e0703a"}
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=120)
+    width = 0.27
+    for j, w in enumerate(who):
+        xs, ys = [], []
+        for i, g in enumerate(groups):
+            hit = [r for r in rows if (r["model"], r["precision"]) == g and r["peer"] == w]
+            if hit:
+                xs.append(i + (j - 1) * width)
+                ys.append(hit[0]["tokens_per_s"])
+        bars = ax.bar(xs, ys, width, label={"hf": "transformers (as users run it)", "sparse": "+ sparse prediction", "runner": "runner"}[w], color=colors[w])
+        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
+    ax.set_xticks(range(len(groups)), [f"{m}\n{p}" for m, p in groups])
+    ax.set_ylabel("training tokens/s (median)")
+    ax.set_title(f"MLM training throughput, {results['cpu']}, {results['threads']} threads", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def main():
@@ -132,54 +254,52 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bert-base", action="store_true")
     args = ap.parse_args()
-    results = {"machine": os.uname().nodename, "cpu": next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               "threads": args.threads, "rows": []}
+    cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    results = {"cpu": re.sub(r"\s+\d+-Core Processor$", "", cpu), "threads": args.threads, "repeats": args.repeats,
+               "steps": args.steps, "warmup": args.warmup, "rows": []}
     peak = {"fp32": matmul_peak(torch.float32, args.threads), "bf16": matmul_peak(torch.bfloat16, args.threads)}
     results["matmul_peak_gflops"] = peak
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
-        blocks = pack_blocks(tmp)
+        docs = split_documents(tmp)
+        blocks = pack_blocks(tmp, docs)
+        start = os.path.join(tmp, "start")
+        run_child([sys.executable, PEERS, "--make-start", start, "--model", MODEL, "--tokenizer", MODEL])
         cfg = json.load(open(os.path.join(MODEL, "config.json")))
-        configs = [("minilm-l6", MODEL, cfg, 32, f"{{checkpoint: {MODEL}}}")]
+        # (name, peer model, config, batch, runner model section, warm-up steps, measured steps)
+        configs = [("minilm-l6", start, cfg, 32, f"{{checkpoint: {start}}}", args.warmup, args.steps)]
         if args.bert_base:
             base = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
                     "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 2}
             base_json = os.path.join(tmp, "bert-base.json")
             json.dump(base, open(base_json, "w"))
-            configs.append(("bert-base", base_json, base, 16, f"{{options: {{preset: bert-base}}}}\ntokenizer: {{path: {MODEL}/tokenizer.json}}"))
-        for name, model, mcfg, batch, section in configs:
-            steps = args.steps if name == "minilm-l6" else max(3, args.steps // 4)
-            warm = args.warmup if name == "minilm-l6" else 1
-            rows = []
-            precisions = ["fp32", "bf16"] if name == "minilm-l6" else ["fp32"]
-            for precision in precisions:
-                rows.append(run_runner(args, batch, section, warm, steps, precision))
-                for peer in ("hf", "sparse"):
-                    rows.append(run_peer(args, peer, precision, model, blocks, batch, warm, steps))
-            for r in rows:
-                r["model"], r["batch"] = name, batch
-                flops = train_flops_per_token(mcfg, 128, sparse=r["peer"] != "hf")
-                r["mfu"] = r["tokens_per_s"] * flops / (peak[r["precision"]] * 1e9)
-            results["rows"].extend(rows)
-    rows = results["rows"]
-
-    def ratio(r, peer):
-        base = [x for x in rows if x["model"] == r["model"] and x["peer"] == peer and x["precision"] == r["precision"]]
-        return r["tokens_per_s"] / base[0]["tokens_per_s"] if base else float("nan")
-
-    lines = [f"Machine: {results['cpu']}, {args.threads} threads; matmul peak fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s",
-             "", "| model | batch | precision | who | tokens/s | vs hf | vs sparse | eval loss | peak RSS MB | MFU |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['peer']} | {r['tokens_per_s']:.0f} | "
-                     f"{ratio(r, 'hf'):.2f}x | {ratio(r, 'sparse'):.2f}x | {r['eval_loss']:.3f} | {r['peak_rss_mb']:.0f} | {100 * r['mfu']:.1f}% |")
-    table = "\n".join(lines)
-    print(table)
-    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
-    json.dump(results, open(os.path.join(ROOT, "bench/results/latest.json"), "w"), indent=1)
-    open(os.path.join(ROOT, "bench/results/latest.md"), "w").write(table + "\n")
+            configs.append(("bert-base", base_json, base, 16, f"{{options: {{preset: bert-base}}}}\ntokenizer: {{path: {MODEL}/tokenizer.json}}",
+                            1, max(3, args.steps // 4)))
+        for config in configs:
+            name, mcfg, batch = config[0], config[2], config[3]
+            for precision in (["fp32", "bf16"] if name == "minilm-l6" else ["fp32"]):
+                runs = {"runner": [], "hf": [], "sparse": []}
+                for rep in range(args.repeats):
+                    print(f"{name} {precision} run {rep + 1}/{args.repeats}", file=sys.stderr, flush=True)
+                    runs["runner"].append(run_runner(args, docs, blocks, config, precision))
+                    for peer in ("hf", "sparse"):
+                        runs[peer].append(run_peer(args, blocks, config, peer, precision))
+                for who, rs in runs.items():
+                    r = summarise(rs)
+                    r["model"], r["batch"] = name, batch
+                    r["mfu"] = r["tokens_per_s"] * train_flops_per_token(mcfg, who) / (peak[precision] * 1e9)
+                    results["rows"].append(r)
+        results["startup"] = {"corpus": "python-docs, 3.2M tokens", **startup_seconds(args, {"train": DOCS, "eval": docs["eval"]}, start)}
+    out = os.path.join(ROOT, "bench/results")
+    os.makedirs(out, exist_ok=True)
+    text = table(results)
+    print(text)
+    json.dump(results, open(os.path.join(out, "latest.json"), "w"), indent=1)
+    open(os.path.join(out, "latest.md"), "w").write(text + "\n")
+    plot(results, os.path.join(out, "latest.png"))
 
 
 if __name__ == "__main__":

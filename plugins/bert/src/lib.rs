@@ -2,6 +2,7 @@
 //! directory or initialised from a config, and exported back in that format.
 
 pub mod config;
+pub mod dropout;
 pub mod model;
 pub mod weights;
 

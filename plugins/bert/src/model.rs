@@ -5,12 +5,19 @@
 //! exactly (`bert.encoder.layer.0.attention.self.query.weight`, ...) and
 //! checkpoints load without a rename table. Biases and LayerNorm weights live
 //! in the no-decay group [`NO_DECAY`].
+//!
+//! Training takes three shortcuts that change no result: the MLM head runs only
+//! at labelled positions (sparse prediction); the last layer runs its
+//! attention output and feed-forward only there too, since no other position
+//! reaches the loss; and dropout masks come from [`MaskRng`], with attention
+//! written out so its dropout uses them as well.
 
 use anyhow::Result;
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
 use crate::config::BertConfig;
+use crate::dropout::MaskRng;
 use runner_api::IGNORE_INDEX;
 
 /// Optimizer group of parameters that take weight decay.
@@ -30,6 +37,20 @@ fn linear_in(x: &Tensor, weight: &Tensor, bias: &Tensor, compute: Kind) -> Tenso
         x.linear(weight, Some(bias))
     } else {
         x.to_kind(compute).linear(&weight.to_kind(compute), Some(&bias.to_kind(compute)))
+    }
+}
+
+/// What a forward pass needs besides its input: whether it trains (dropout on)
+/// and where dropout masks come from.
+#[derive(Clone, Copy)]
+pub struct Pass<'a> {
+    pub train: bool,
+    pub rng: &'a MaskRng,
+}
+
+impl Pass<'_> {
+    fn dropout(&self, x: &Tensor, p: f64) -> Tensor {
+        self.rng.dropout(x, p, self.train)
     }
 }
 
@@ -125,18 +146,59 @@ impl BertEmbeddings {
         }
     }
 
-    fn forward(&self, input_ids: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, input_ids: &Tensor, pass: Pass) -> Tensor {
         let (_, t) = input_ids.size2().expect("input_ids is (B, T)");
         let words = Tensor::embedding(&self.word_embeddings, input_ids, -1, false, false); // (B, T, H)
-        let positions = self.position_embeddings.narrow(0, 0, t); // (T, H)
         // token_type_ids are all zero for single-segment MLM.
-        let token_type = self.token_type_embeddings.get(0); // (H,)
-        let x = words + positions + token_type;
-        self.layer_norm.forward(&x).dropout(self.dropout, train)
+        let position_and_type = self.position_embeddings.narrow(0, 0, t) + self.token_type_embeddings.get(0); // (T, H)
+        pass.dropout(&self.layer_norm.forward(&(words + position_and_type)), self.dropout)
     }
 }
 
-// BertSelfAttention, computed with scaled_dot_product_attention and a padding mask.
+/// Which keys each query may see: all of them (packed data), or the real
+/// tokens of its sequence.
+enum KeyMask {
+    All,
+    /// `keep`: (B, 1, 1, T) bool, true at real tokens; `bias`: 0 there, -1e30
+    /// elsewhere, added to the scores where attention is written out.
+    Padding { keep: Tensor, bias: Tensor },
+}
+
+impl KeyMask {
+    fn new(attention_mask: &Tensor) -> Self {
+        let (b, t) = attention_mask.size2().expect("attention_mask is (B, T)");
+        let keep = attention_mask.eq(1).view([b, 1, 1, t]);
+        if keep.all().int64_value(&[]) == 1 {
+            return KeyMask::All;
+        }
+        let bias = keep.logical_not().to_kind(Kind::Float) * -1e30;
+        KeyMask::Padding { keep, bias }
+    }
+}
+
+/// softmax(q k^T / sqrt(d)) v with dropout on the probabilities; q, k, v are (B, nh, T, hd).
+/// Training on the CPU writes it out so that dropout draws from `pass.rng`
+/// (torch's fused CPU kernel has no dropout, so torch writes it out as well);
+/// otherwise `scaled_dot_product_attention` picks its fused kernel.
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &KeyMask, p: f64, pass: Pass) -> Tensor {
+    let p = if pass.train { p } else { 0.0 };
+    if p > 0.0 && q.device() == tch::Device::Cpu {
+        let head_dim = *q.size().last().expect("q has a last dim");
+        let scores = (q * (1.0 / (head_dim as f64).sqrt())).matmul(&k.transpose(-2, -1)); // (B, nh, T, T)
+        let scores = match mask {
+            KeyMask::All => scores,
+            KeyMask::Padding { bias, .. } => scores + bias.to_kind(q.kind()),
+        };
+        return pass.dropout(&scores.softmax(-1, None), p).matmul(v);
+    }
+    let keep = match mask {
+        KeyMask::All => None,
+        KeyMask::Padding { keep, .. } => Some(keep),
+    };
+    Tensor::scaled_dot_product_attention(q, k, v, keep, p, false, None, false)
+}
+
+// BertSelfAttention: one fused projection for query, key and value.
 #[derive(Debug)]
 struct BertSelfAttention {
     query: Linear,
@@ -160,15 +222,16 @@ impl BertSelfAttention {
         }
     }
 
-    /// `keep`: (B, 1, 1, T) bool, true where the key is a real token.
-    fn forward(&self, x: &Tensor, keep: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, mask: &KeyMask, pass: Pass) -> Tensor {
         let (b, t, h) = x.size3().expect("hidden is (B, T, H)");
-        let split = |y: Tensor| y.view([b, t, self.num_heads, self.head_dim]).transpose(1, 2); // (B, nh, T, hd)
-        let q = split(self.query.forward(x));
-        let k = split(self.key.forward(x));
-        let v = split(self.value.forward(x));
-        let p = if train { self.dropout } else { 0.0 };
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(keep), p, false, None, false); // (B, nh, T, hd)
+        // One (H -> 3H) matmul instead of three, with the input cast once.
+        let (q, k, v) = (&self.query, &self.key, &self.value);
+        let weight = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0);
+        let bias = Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0);
+        let qkv = linear_in(x, &weight, &bias, q.compute) // (B, T, 3H)
+            .view([b, t, 3, self.num_heads, self.head_dim])
+            .permute([2, 0, 3, 1, 4]); // (3, B, nh, T, hd)
+        let y = attention(&qkv.get(0), &qkv.get(1), &qkv.get(2), mask, self.dropout, pass); // (B, nh, T, hd)
         y.transpose(1, 2).reshape([b, t, h])
     }
 }
@@ -190,8 +253,8 @@ impl DenseResidualNorm {
         }
     }
 
-    fn forward(&self, x: &Tensor, residual: &Tensor, train: bool) -> Tensor {
-        let y = self.dense.forward(x).dropout(self.dropout, train);
+    fn forward(&self, x: &Tensor, residual: &Tensor, pass: Pass) -> Tensor {
+        let y = pass.dropout(&self.dense.forward(x), self.dropout);
         self.layer_norm.forward(&(y + residual))
     }
 }
@@ -218,11 +281,24 @@ impl BertLayer {
         }
     }
 
-    fn forward(&self, x: &Tensor, keep: &Tensor, train: bool) -> Tensor {
-        let a = self.attention.forward(x, keep, train);
-        let x = self.attention_output.forward(&a, x, train); // (B, T, H)
-        let i = activation(&self.act, &self.intermediate.forward(&x)); // (B, T, I)
-        self.output.forward(&i, &x, train)
+    fn forward(&self, x: &Tensor, mask: &KeyMask, pass: Pass) -> Tensor {
+        let a = self.attention.forward(x, mask, pass); // (B, T, H)
+        self.after_attention(&a, x, pass)
+    }
+
+    /// The layer's output at the flat positions `at` only (N, H): attention
+    /// still reads every key, but the rest runs on N rows instead of B*T.
+    fn forward_at(&self, x: &Tensor, mask: &KeyMask, at: &Tensor, pass: Pass) -> Tensor {
+        let h = *x.size().last().expect("hidden has a last dim");
+        let a = self.attention.forward(x, mask, pass).reshape([-1, h]).index_select(0, at); // (N, H)
+        self.after_attention(&a, &x.reshape([-1, h]).index_select(0, at), pass)
+    }
+
+    /// Attention output projection, residual, feed-forward: row by row.
+    fn after_attention(&self, a: &Tensor, x: &Tensor, pass: Pass) -> Tensor {
+        let x = self.attention_output.forward(a, x, pass);
+        let i = activation(&self.act, &self.intermediate.forward(&x)); // (.., I)
+        self.output.forward(&i, &x, pass)
     }
 }
 
@@ -259,6 +335,8 @@ pub struct BertForMaskedLm {
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,
     head: BertLmHead,
+    /// Dropout masks; its key is drawn from torch's generator after the weights.
+    pub rng: MaskRng,
 }
 
 impl BertForMaskedLm {
@@ -269,18 +347,33 @@ impl BertForMaskedLm {
             embeddings: BertEmbeddings::new(&bert / "embeddings", cfg),
             layers: (0..cfg.num_hidden_layers).map(|i| BertLayer::new(&layer_path / i, cfg)).collect(),
             head: BertLmHead::new(root / "cls" / "predictions", cfg),
+            rng: MaskRng::seeded_by_torch(),
         }
+    }
+
+    fn pass(&self, train: bool) -> Pass<'_> {
+        Pass { train, rng: &self.rng }
     }
 
     /// Encoder output (B, T, H).
     pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
-        let (b, t) = input_ids.size2().expect("input_ids is (B, T)");
-        let keep = attention_mask.eq(1).view([b, 1, 1, t]); // (B, 1, 1, T)
-        let mut x = self.embeddings.forward(input_ids, train);
-        for layer in &self.layers {
-            x = layer.forward(&x, &keep, train);
+        let (pass, mask) = (self.pass(train), KeyMask::new(attention_mask));
+        self.layers.iter().fold(self.embeddings.forward(input_ids, pass), |x, layer| layer.forward(&x, &mask, pass))
+    }
+
+    /// Encoder output at the flat positions `at` only (N, H); the last layer
+    /// runs past attention on those rows alone.
+    fn encode_at(&self, input_ids: &Tensor, attention_mask: &Tensor, at: &Tensor, train: bool) -> Tensor {
+        let (pass, mask) = (self.pass(train), KeyMask::new(attention_mask));
+        let mut x = self.embeddings.forward(input_ids, pass);
+        let Some((last, first)) = self.layers.split_last() else {
+            let h = *x.size().last().expect("hidden has a last dim");
+            return x.reshape([-1, h]).index_select(0, at);
+        };
+        for layer in first {
+            x = layer.forward(&x, &mask, pass);
         }
-        x
+        last.forward_at(&x, &mask, at, pass)
     }
 
     /// Logits at every position (B, T, V).
@@ -298,11 +391,9 @@ impl BertForMaskedLm {
         labels: &Tensor,
         train: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let h = self.encode(input_ids, attention_mask, train); // (B, T, H)
-        let hidden = *h.size().last().expect("hidden has a last dim");
         let labels = labels.f_reshape([-1])?; // (B*T,)
         let at = labels.f_ne(IGNORE_INDEX)?.f_nonzero()?.f_squeeze_dim(1)?; // (N,)
-        let picked = h.f_reshape([-1, hidden])?.f_index_select(0, &at)?; // (N, H)
+        let picked = self.encode_at(input_ids, attention_mask, &at, train); // (N, H)
         let labels = labels.f_index_select(0, &at)?; // (N,)
         let logits = self.head.forward(&picked, &self.embeddings.word_embeddings); // (N, V)
         let loss = if at.numel() == 0 {
@@ -312,5 +403,35 @@ impl BertForMaskedLm {
             logits.f_cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, IGNORE_INDEX, 0.0)?
         };
         Ok((loss, logits, labels))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dropout is linear in its mask, so the written-out training attention
+    /// averages to torch's fused attention; padded keys get no weight.
+    #[test]
+    fn training_attention_averages_to_the_fused_kernel() {
+        tch::manual_seed(0);
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let (q, k) = (Tensor::randn([2, 2, 5, 4], opts), Tensor::randn([2, 2, 5, 4], opts));
+        let v = Tensor::randn([2, 2, 5, 4], opts);
+        let attention_mask = Tensor::from_slice2(&[[1i64, 1, 1, 1, 1], [1, 1, 1, 0, 0]]);
+        // A padded key with a huge value would show any weight it gets.
+        let _ = v.narrow(0, 1, 1).narrow(2, 3, 2).fill_(1e3);
+        let mask = KeyMask::new(&attention_mask);
+        assert!(matches!(mask, KeyMask::Padding { .. }));
+        let rng = MaskRng::new(1);
+        let eval = attention(&q, &k, &v, &mask, 0.1, Pass { train: false, rng: &rng });
+        let n = 4000;
+        let mut sum = eval.zeros_like();
+        for _ in 0..n {
+            sum += attention(&q, &k, &v, &mask, 0.1, Pass { train: true, rng: &rng });
+        }
+        let gap = (sum / n as f64 - &eval).abs().max().double_value(&[]);
+        assert!(gap < 0.05, "mean of training attention is {gap} from eval attention");
+        assert!(matches!(KeyMask::new(&Tensor::ones([2, 5], (Kind::Int64, tch::Device::Cpu))), KeyMask::All));
     }
 }
