@@ -84,7 +84,7 @@ def main():
     ap.add_argument("--make-start", metavar="OUT", help="write the common starting checkpoint of --model to OUT")
     ap.add_argument("--evaluate", metavar="DIR", help="score the checkpoint in DIR on --eval and print it")
     ap.add_argument("--peer", choices=["hf", "sparse"])
-    ap.add_argument("--model", required=True, help="HF model dir, or a config.json for random init")
+    ap.add_argument("--model", help="HF model dir, or a config.json for random init")
     ap.add_argument("--tokenizer", required=True, help="folder with tokenizer.json")
     ap.add_argument("--train")
     ap.add_argument("--eval")
@@ -104,8 +104,8 @@ def main():
     if args.evaluate:
         model = BertForMaskedLM.from_pretrained(args.evaluate, attn_implementation="sdpa")
         return print(json.dumps({"eval_loss": evaluate(model, load_blocks(args.eval), tokenizer)}))
-    if not (args.peer and args.train and args.eval):
-        ap.error("--peer, --train and --eval are required to train")
+    if not (args.peer and args.model and args.train and args.eval):
+        ap.error("--peer, --model, --train and --eval are required to train")
     torch.manual_seed(args.seed)
     if args.model.endswith(".json"):
         from transformers import BertConfig
@@ -137,11 +137,13 @@ def main():
             return sparse_loss(model, ids, mask, labels)
 
     model.train()
+    # Shuffled blocks, as the Trainer's sampler draws them (and as the runner does).
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed)).repeat(1 + (args.warmup + args.steps) * args.batch // len(train))
     tokens, t0 = 0, None
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             t0 = time.perf_counter()
-        rows = train[(step * args.batch) % len(train):][: args.batch]
+        rows = train[order[step * args.batch : (step + 1) * args.batch]]
         batch = collator([{"input_ids": r} for r in rows])
         batch["attention_mask"] = torch.ones_like(batch["input_ids"])
         loss = step_loss(batch)
