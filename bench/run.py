@@ -115,10 +115,10 @@ def train_flops_per_token(cfg, who):
     return 3 * (encoder + head)
 
 
-def runner_recipe(args, docs, model_section, batch, steps, precision, name="bench", cache=True):
+def runner_recipe(args, docs, model_section, batch, steps, precision, name="bench", data=""):
     recipe = f"""
 run: {{name: {name}, seed: 0, output_dir: {args.tmp}}}
-data: {{dataset: text, options: {{documents: file, suffix: .txt}}, train: {docs['train']}, eval: {docs['eval']}, max_seq_len: {SEQ}, cache: {str(cache).lower()}}}
+data: {{dataset: text, options: {{documents: file, suffix: .txt}}, train: {docs['train']}, eval: {docs['eval']}, max_seq_len: {SEQ}{data}}}
 model: {model_section}
 training: {{device: cpu, precision: {precision}, threads: {args.threads}, batch_size: {batch}, max_steps: {steps}, lr: 1.0e-4, schedule: constant, warmup_steps: 0, log_every: 1}}
 eval: {{every: 0, at_start: false, batch_size: 32, max_sequences: 64}}
@@ -174,6 +174,24 @@ def startup_seconds(args, docs, start):
     return {"cold_s": seconds[0], "warm_s": seconds[1]}
 
 
+def line_by_line(args, start, steps=15, warmup=3):
+    """Runner tokens/s on WikiText-2 lines (line_by_line examples), with and without
+    group_by_length; real (unpadded) tokens only."""
+    wiki = os.path.join(ROOT, "../shared/data/wikitext-2-raw/wiki.test.raw")
+    if not os.path.isfile(wiki):
+        return None
+    import csv
+
+    out = {}
+    for grouped in (False, True):
+        recipe = runner_recipe(args, {"train": wiki, "eval": wiki}, f"{{checkpoint: {start}}}", 32, warmup + steps, "fp32",
+                               name="lines", data=f", examples: line_by_line, group_by_length: {str(grouped).lower()}")
+        run_child([RUNNER, "run", recipe, "--overwrite"])
+        rows = [r for r in csv.DictReader(open(os.path.join(args.tmp, "lines/metrics.csv"))) if r["train_loss"] and int(r["step"]) > warmup]
+        out["grouped" if grouped else "plain"] = statistics.median(float(r["tokens_per_s"]) for r in rows)
+    return out
+
+
 def summarise(runs):
     """Median tokens/s and peak RSS over repeats; eval loss from the first run (deterministic)."""
     row = dict(runs[0])
@@ -216,6 +234,10 @@ def table(results):
         lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['peer']} | {r['tokens_per_s']:.0f} | "
                      f"{ratio(r, 'hf')} | {ratio(r, 'sparse')} | {l} | {vs_hf} | {r['peak_rss_mb']:.0f} | {100 * r['mfu']:.1f}% |")
     lines += ["", f"Runner start to first training step ({s['corpus']}): cold token cache {s['cold_s']:.2f} s, warm {s['warm_s']:.2f} s"]
+    if results.get("line_by_line"):
+        lbl = results["line_by_line"]
+        lines += ["", f"Runner on WikiText-2 test lines (line_by_line, batch 32, fp32, real tokens/s, median step): "
+                      f"{lbl['plain']:.0f} in random batches, {lbl['grouped']:.0f} with group_by_length ({lbl['grouped'] / lbl['plain']:.2f}x)"]
     return "\n".join(lines)
 
 
@@ -293,6 +315,7 @@ def main():
                     r["mfu"] = r["tokens_per_s"] * train_flops_per_token(mcfg, who) / (peak[precision] * 1e9)
                     results["rows"].append(r)
         results["startup"] = {"corpus": "python-docs, 3.2M tokens", **startup_seconds(args, {"train": DOCS, "eval": docs["eval"]}, start)}
+        results["line_by_line"] = line_by_line(args, start)
     out = os.path.join(ROOT, "bench/results")
     os.makedirs(out, exist_ok=True)
     text = table(results)

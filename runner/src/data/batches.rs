@@ -77,18 +77,41 @@ pub struct BatchMaker {
     pub batch_size: usize,
     pub seed: u64,
     pub pad_id: i64,
+    /// Order each epoch so that batches hold examples of similar length.
+    pub group_by_length: bool,
 }
+
+/// Examples per length-sorted group, in batches (transformers uses 50 too).
+const GROUP_BATCHES: usize = 50;
 
 impl BatchMaker {
     pub fn batches_per_epoch(&self) -> u64 {
         self.examples.len().div_ceil(self.batch_size) as u64
     }
 
+    /// The epoch's example order: a shuffle; with `group_by_length`, each run of
+    /// `GROUP_BATCHES` batches in it is then sorted by length and cut into
+    /// batches, whose order within the run is shuffled again, so a batch pads
+    /// to a length close to its own and lengths do not trend over the steps.
     fn permutation(&self, epoch: u64) -> Vec<usize> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(epoch);
         let mut order: Vec<usize> = (0..self.examples.len()).collect();
         order.shuffle(&mut rng);
+        if self.group_by_length {
+            let size = self.batch_size;
+            let mut grouped = Vec::with_capacity(order.len());
+            for group in order.chunks(size * GROUP_BATCHES) {
+                let mut group = group.to_vec();
+                group.sort_by_key(|&i| std::cmp::Reverse(self.examples.get(i).len()));
+                let mut batches: Vec<&[usize]> = group.chunks(size).collect();
+                // A short last batch stays last: batch() cuts the order every `size`.
+                let full = group.len() / size;
+                batches[..full].shuffle(&mut rng);
+                grouped.extend(batches.concat());
+            }
+            order = grouped;
+        }
         order
     }
 
@@ -155,5 +178,62 @@ impl EvalSet {
 
     pub fn masked_tokens(&self) -> usize {
         self.batches.iter().map(|b| b.masked()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::examples::Tokens;
+
+    /// Keeps every token; labels the first one.
+    struct NoMask;
+    impl Masker for NoMask {
+        fn mask(&self, ids: &[i64], _: &mut dyn rand::RngCore) -> Result<MaskedSequence> {
+            let mut labels = vec![IGNORE_INDEX; ids.len()];
+            labels[0] = ids[0];
+            Ok(MaskedSequence { input_ids: ids.to_vec(), labels })
+        }
+    }
+
+    /// 1000 examples of lengths 3..=130, in a random order.
+    fn maker(group_by_length: bool) -> BatchMaker {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut lengths: Vec<usize> = (0..1000).map(|i| 3 + i % 128).collect();
+        lengths.shuffle(&mut rng);
+        let (mut tokens, mut offsets) = (Vec::new(), vec![0]);
+        for (i, len) in lengths.into_iter().enumerate() {
+            tokens.extend(std::iter::repeat_n(i as u32, len));
+            offsets.push(tokens.len());
+        }
+        let examples = Examples { tokens: Tokens::Owned(tokens), offsets };
+        BatchMaker { examples: Arc::new(examples), masker: Arc::new(NoMask), batch_size: 8, seed: 0, pad_id: 0, group_by_length }
+    }
+
+    fn epoch(maker: &BatchMaker, epoch: u64) -> Vec<Batch> {
+        let n = maker.batches_per_epoch();
+        let mut cache = None;
+        (epoch * n..(epoch + 1) * n).map(|i| maker.batch(i, &mut cache).unwrap()).collect()
+    }
+
+    #[test]
+    fn grouping_by_length_cuts_padding_and_keeps_every_example_once() {
+        let (plain, grouped) = (maker(false), maker(true));
+        let padded = |batches: &[Batch]| batches.iter().map(|b| b.rows * b.cols).sum::<usize>();
+        let real: usize = plain.examples.num_tokens();
+        let (p, g) = (epoch(&plain, 0), epoch(&grouped, 0));
+        assert_eq!(g.iter().map(|b| b.tokens).sum::<usize>(), real);
+        // Each example appears in exactly one batch (its tokens are its index).
+        let mut seen: Vec<i64> = g.iter().flat_map(|b| b.labels.iter().copied().filter(|&l| l != IGNORE_INDEX)).collect();
+        seen.sort();
+        assert_eq!(seen, (0..1000).collect::<Vec<i64>>());
+        assert!(padded(&p) as f64 > 1.5 * real as f64, "random batches pad a lot: {} for {real}", padded(&p));
+        assert!((padded(&g) as f64) < 1.1 * real as f64, "grouped batches pad little: {} for {real}", padded(&g));
+        // Batch lengths do not run longest to shortest within a group.
+        let cols: Vec<usize> = g.iter().take(GROUP_BATCHES).map(|b| b.cols).collect();
+        assert!(cols.windows(2).any(|w| w[0] < w[1]), "{cols:?}");
+        // A new epoch, a new order; the same epoch, the same batches.
+        assert_ne!(epoch(&grouped, 1), g);
+        assert_eq!(epoch(&grouped, 0), g);
     }
 }

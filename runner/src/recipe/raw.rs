@@ -75,6 +75,10 @@ pub struct DataSection {
     /// Keep tokenized examples in the token cache (see `data/cache.rs`).
     #[serde(default = "default_true")]
     pub cache: bool,
+    /// Batch examples of similar length together (as transformers'
+    /// `group_by_length`), so line-by-line batches carry little padding.
+    #[serde(default)]
+    pub group_by_length: bool,
 }
 
 /// `tokenizer:` the WordPiece tokenizer.

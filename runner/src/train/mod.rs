@@ -110,6 +110,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
         batch_size: t.batch_size,
         seed: recipe.raw.run.seed,
         pad_id: vocab.pad_id,
+        group_by_length: recipe.raw.data.group_by_length,
     });
     let steps_per_epoch = (batches.batches_per_epoch() as f64 / t.grad_accum_steps as f64).max(1.0);
     let total_steps = match recipe.length {
