@@ -248,7 +248,7 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     rows = results["rows"]
-    groups = sorted({(r["model"], r["precision"]) for r in rows}, key=lambda g: (g[0] != "minilm-l6", g[1]))
+    groups = sorted({(r["model"], r["precision"]) for r in rows}, key=lambda g: (g[0] != "minilm-l6", g[1] != "fp32"))
     who = ["hf", "sparse", "runner"]
     colors = {"hf": "#9e9e9e", "sparse": "#5b8fd6", "runner": "#e0703a"}
     fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=120)
