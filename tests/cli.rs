@@ -2,27 +2,13 @@
 //! reports and exports; runs are deterministic for a seed; bad recipes fail
 //! with one clear message and exit code 2; earlier results are never lost.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{assert_error, root, runner, stderr};
 use polars::prelude::*;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
-}
-
-fn runner(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the runner binary starts")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Runs the tiny recipe into `out` with extra `--set` overrides.
 fn run_tiny(out: &Path, extra: &[&str]) -> Output {
@@ -138,13 +124,9 @@ fn edited_recipe(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
 
 /// Asserts a clean user error: exit code 2, one message naming `needle`, no panic.
 fn assert_user_error(o: &Output, needles: &[&str]) {
+    assert_error(o, 2, needles);
     let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "exit code for a user error:\n{err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "no panic:\n{err}");
     assert!(err.starts_with("error: "), "one clear message:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "message should name `{n}`:\n{err}");
-    }
 }
 
 #[test]

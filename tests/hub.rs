@@ -5,16 +5,19 @@
 //! clearly without it; bad checksums, missing files and unreachable Hubs are
 //! clear errors; interrupted downloads resume; `huggingface_hub` shares the cache.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::{assert_error, root, runner_with as runner, stderr};
 use polars::prelude::*;
 use runner::hub::{Hub, HubEnv, HubUri};
 use sha2::{Digest, Sha256};
@@ -23,10 +26,6 @@ const MODEL: &str = "test-org/tiny-bert";
 const DATASET: &str = "test-org/toy-corpus";
 const MODEL_SHA: &str = "1111111111111111111111111111111111111111";
 const DATASET_SHA: &str = "2222222222222222222222222222222222222222";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
-}
 
 fn sha256(b: &[u8]) -> String {
     Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
@@ -336,30 +335,6 @@ fn hub_recipe(dir: &Path) -> PathBuf {
     path
 }
 
-fn runner(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
-    c.args(args).current_dir(root()).env("RUST_LOG", "warn");
-    for v in ["HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_TOKEN", "HF_TOKEN_PATH"] {
-        c.env_remove(v);
-    }
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().expect("the runner binary starts")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_error(o: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(code), "exit code:\n{err}");
-    assert!(!err.contains("panicked"), "no panic:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "message should say `{n}`:\n{err}");
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Tests

@@ -6,25 +6,15 @@
 //! Out-of-tree plugins are built here with cargo into target/plugin-tests,
 //! against the same runner-api sources and libtorch as the runner.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
-}
-
-fn runner(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .env_remove("RUNNER_PLUGIN_PATH")
-        .output()
-        .expect("the runner binary starts")
-}
+use common::{root, runner, stderr, stdout};
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (stdout(o), stderr(o))
 }
 
 /// Builds a plugin crate outside the workspace; returns the folder holding its library.
