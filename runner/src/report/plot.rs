@@ -164,48 +164,38 @@ where
     builder.caption(title, ("sans-serif", 22)).margin(12).margin_right(30).x_label_area_size(45).y_label_area_size(70);
     if log_y {
         let y0 = y0.max(1e-9);
-        let mut chart = builder.build_cartesian_2d(x0..x1, (y0 / 1.1..y1 * 1.1).log_scale()).map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc(y_label)
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 16))
-            .draw()
-            .map_err(err)?;
-        for (i, (pts, name)) in lines.iter().zip(names).enumerate() {
-            let c = colour(i);
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-                .map_err(err)?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(err)?;
-        }
-        legend(&mut chart).map_err(err)?;
+        let chart = builder.build_cartesian_2d(x0..x1, (y0 / 1.1..y1 * 1.1).log_scale()).map_err(err)?;
+        draw_lines(chart, y_label, lines, names).map_err(err)
     } else {
         let pad = (y1 - y0) * 0.05;
-        let mut chart = builder.build_cartesian_2d(x0..x1, y0 - pad..y1 + pad).map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc(y_label)
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 16))
-            .draw()
-            .map_err(err)?;
-        for (i, (pts, name)) in lines.iter().zip(names).enumerate() {
-            let c = colour(i);
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-                .map_err(err)?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(err)?;
-        }
-        legend(&mut chart).map_err(err)?;
+        let chart = builder.build_cartesian_2d(x0..x1, y0 - pad..y1 + pad).map_err(err)?;
+        draw_lines(chart, y_label, lines, names).map_err(err)
     }
-    Ok(())
+}
+
+/// Axes, one line with dots per run, and the legend, on a linear or log y axis.
+fn draw_lines<'a, DB: DrawingBackend + 'a, Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>>(
+    mut chart: ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
+    y_label: &str,
+    lines: &[Vec<(f64, f64)>],
+    names: &[&str],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc(y_label)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()?;
+    for (i, (pts, name)) in lines.iter().zip(names).enumerate() {
+        let c = colour(i);
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+    }
+    legend(&mut chart)
 }
 
 fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
