@@ -40,6 +40,39 @@ pub struct TextOptions {
     pub suffix: Option<String>,
 }
 
+/// `path` itself if it is a file; else every file below it whose name ends
+/// with `suffix` (hidden entries skipped), sorted. `what` names them in errors.
+pub fn list_files(path: &Path, suffix: Option<&str>, what: &str) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    if !path.is_dir() {
+        bail!("{}: no such file or directory", path.display());
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for entry in entries {
+            let p = entry?.path();
+            let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if suffix.is_none_or(|s| p.to_string_lossy().ends_with(s)) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        bail!("{}: no {what} found{}", path.display(), suffix.map(|s| format!(" ending with `{s}`")).unwrap_or_default());
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Clone)]
 pub struct TextDataset {
     opts: TextOptions,
@@ -52,37 +85,7 @@ impl TextDataset {
 
     /// Files under `path` in a stable (sorted) order.
     pub fn files(&self, path: &Path) -> Result<Vec<PathBuf>> {
-        if path.is_file() {
-            return Ok(vec![path.to_path_buf()]);
-        }
-        if !path.is_dir() {
-            bail!("{}: no such file or directory", path.display());
-        }
-        let mut out = Vec::new();
-        let mut stack = vec![path.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
-            for entry in entries {
-                let p = entry?.path();
-                let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-                if hidden {
-                    continue;
-                }
-                if p.is_dir() {
-                    stack.push(p);
-                } else if self.opts.suffix.as_ref().is_none_or(|s| p.to_string_lossy().ends_with(s.as_str())) {
-                    out.push(p);
-                }
-            }
-        }
-        out.sort();
-        if out.is_empty() {
-            bail!("{}: no text files found{}", path.display(), match &self.opts.suffix {
-                Some(s) => format!(" ending with `{s}`"),
-                None => String::new(),
-            });
-        }
-        Ok(out)
+        list_files(path, self.opts.suffix.as_deref(), "text files")
     }
 
     /// Splits one file's text into documents.

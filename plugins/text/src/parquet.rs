@@ -7,7 +7,7 @@
 //!   text (a newline added where a row lacks one) and split as the `text`
 //!   dataset does: a blank line ends a document / each line is one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use polars::prelude::*;
@@ -56,33 +56,6 @@ impl ParquetDataset {
         ParquetDataset { opts }
     }
 
-    /// The parquet files under `path`, sorted.
-    fn files(path: &Path) -> Result<Vec<PathBuf>> {
-        if path.is_file() {
-            return Ok(vec![path.to_path_buf()]);
-        }
-        if !path.is_dir() {
-            bail!("{}: no such file or directory", path.display());
-        }
-        let mut out = Vec::new();
-        let mut stack = vec![path.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
-                let p = entry?.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|e| e == "parquet") {
-                    out.push(p);
-                }
-            }
-        }
-        out.sort();
-        if out.is_empty() {
-            bail!("{}: no .parquet files found", path.display());
-        }
-        Ok(out)
-    }
-
     /// The text column of one file, nulls skipped.
     fn rows(&self, file: &Path) -> Result<Vec<String>> {
         let col = &self.opts.text_column;
@@ -128,7 +101,7 @@ impl ParquetDataset {
 impl Dataset for ParquetDataset {
     fn read(&self, path: &Path) -> Result<Vec<Document>> {
         let mut docs = Vec::new();
-        for file in Self::files(path)? {
+        for file in crate::list_files(path, Some(".parquet"), "parquet files")? {
             docs.extend(self.split(&self.rows(&file)?));
         }
         Ok(docs)
