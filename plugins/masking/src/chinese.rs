@@ -92,17 +92,7 @@ mod tests {
         let mut tokens: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
         tokens.extend("我爱北京天安门。".chars().map(String::from));
         tokens.extend(["bert", "##ology"].iter().map(|s| s.to_string()));
-        let n = tokens.len();
-        VocabInfo {
-            vocab_size: n,
-            mask_id: 4,
-            pad_id: 0,
-            cls_id: 2,
-            sep_id: 3,
-            is_special: (0..n).map(|i| i < 5).collect(),
-            is_continuation: tokens.iter().map(|t| t.starts_with("##")).collect(),
-            tokens,
-        }
+        crate::test_vocab(tokens)
     }
 
     fn ids(v: &VocabInfo, tokens: &[&str]) -> Vec<i64> {

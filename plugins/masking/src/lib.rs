@@ -152,25 +152,32 @@ fn build_span(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Resu
     Ok(Box::new(words::SpanMasker::new(rates, vocab, parse_options(options)?)?))
 }
 
+/// A test vocabulary: ids 0..5 are [PAD], [UNK], [CLS], [SEP], [MASK] whatever
+/// their text; a token starting with `##` continues a word.
+#[cfg(test)]
+pub(crate) fn test_vocab(tokens: Vec<String>) -> VocabInfo {
+    let n = tokens.len();
+    VocabInfo {
+        vocab_size: n,
+        mask_id: 4,
+        pad_id: 0,
+        cls_id: 2,
+        sep_id: 3,
+        is_special: (0..n).map(|i| i < 5).collect(),
+        is_continuation: tokens.iter().map(|t| t.starts_with("##")).collect(),
+        tokens,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
+    /// ids 0..5 special ([PAD], [UNK], [CLS], [SEP], [MASK]); 5..1000 ordinary.
     fn vocab() -> VocabInfo {
-        // ids 0..5 special ([PAD], [UNK], [CLS], [SEP], [MASK]); 5..1000 ordinary.
-        let n = 1000;
-        VocabInfo {
-            vocab_size: n,
-            mask_id: 4,
-            pad_id: 0,
-            cls_id: 2,
-            sep_id: 3,
-            is_special: (0..n).map(|i| i < 5).collect(),
-            is_continuation: vec![false; n],
-            tokens: (0..n).map(|i| format!("t{i}")).collect(),
-        }
+        test_vocab((0..1000).map(|i| format!("t{i}")).collect())
     }
 
     /// Over 1M tokens the realised rates are within 0.5 points of the asked ones,

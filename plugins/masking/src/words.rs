@@ -198,17 +198,7 @@ mod tests {
 
     /// ids 0..5 special, 5..500 word starts, 500..1000 `##` continuations.
     fn vocab() -> VocabInfo {
-        let n = 1000;
-        VocabInfo {
-            vocab_size: n,
-            mask_id: 4,
-            pad_id: 0,
-            cls_id: 2,
-            sep_id: 3,
-            is_special: (0..n).map(|i| i < 5).collect(),
-            is_continuation: (0..n).map(|i| i >= 500).collect(),
-            tokens: (0..n).map(|i| if i >= 500 { format!("##t{i}") } else { format!("t{i}") }).collect(),
-        }
+        crate::test_vocab((0..1000).map(|i| if i >= 500 { format!("##t{i}") } else { format!("t{i}") }).collect())
     }
 
     /// `[CLS]` then words of 1 to 4 pieces up to 126 tokens, then `[SEP]`.
