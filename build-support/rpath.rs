@@ -2,7 +2,7 @@
 //! an rpath to the project's `.venv/torch/lib`, relative to the binary
 //! (target/{debug,release}/runner and target/*/deps test binaries).
 
-fn main() {
+pub fn main() {
     for up in ["../..", "../../.."] {
         println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/{up}/.venv/torch/lib");
     }

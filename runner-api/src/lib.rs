@@ -221,7 +221,9 @@ pub struct ModelSource<'a> {
     /// Options from the recipe (architecture overrides for random init, etc.).
     pub options: &'a Options,
     pub device: tch::Device,
-    /// Dtype of the matmuls: `Float`, or `BFloat16` / `Half` with float32 master weights.
+    /// What forward passes compute in: `Float`, or `BFloat16` under autocast,
+    /// which the runner switches on around every forward pass. Weights stay
+    /// float32; a model need not cast anything itself.
     pub compute: tch::Kind,
 }
 

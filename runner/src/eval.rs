@@ -8,17 +8,20 @@ use anyhow::Result;
 
 use runner_api::{Metric, MlmModel, VocabInfo};
 
+use crate::autocast::Autocast;
 use crate::data::EvalSet;
 
 /// Runs one eval pass and returns every metric's values (e.g. `eval_loss`).
 pub fn evaluate(
     model: &dyn MlmModel,
     device: tch::Device,
+    compute: tch::Kind,
     set: &EvalSet,
     vocab: &VocabInfo,
     metrics: &mut [Box<dyn Metric>],
 ) -> Result<BTreeMap<String, f64>> {
     let _guard = tch::no_grad_guard();
+    let _autocast = Autocast::enter(device, compute);
     for m in metrics.iter_mut() {
         m.reset()?;
     }

@@ -11,6 +11,7 @@
 //! - a template becomes many runs in [`sweep`]; runs become one table and plot in
 //!   [`report::table`] and [`report::plot`].
 
+pub mod autocast;
 pub mod cli;
 pub mod components;
 pub mod data;

@@ -22,9 +22,6 @@ pub struct BertConfig {
     pub initializer_range: f64,
     pub layer_norm_eps: f64,
     pub pad_token_id: i64,
-    /// Compute dtype of matmuls (`None`: float32). Not part of config.json.
-    #[serde(skip)]
-    pub compute: Option<tch::Kind>,
 }
 
 impl Default for BertConfig {
@@ -43,7 +40,6 @@ impl Default for BertConfig {
             initializer_range: 0.02,
             layer_norm_eps: 1e-12,
             pad_token_id: 0,
-            compute: None,
         }
     }
 }
@@ -170,10 +166,6 @@ impl BertConfig {
             "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu" => Ok(()),
             other => bail!("hidden_act `{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"),
         }
-    }
-
-    pub fn compute_kind(&self) -> tch::Kind {
-        self.compute.unwrap_or(tch::Kind::Float)
     }
 
     pub fn head_dim(&self) -> i64 {

@@ -53,13 +53,8 @@ impl Bert {
     /// with `overrides` applied to the config. Tensors the checkpoint lacks (a
     /// missing MLM head) keep their fresh initialisation and are logged.
     pub fn from_pretrained(dir: &Path, overrides: &serde_yaml::Mapping, device: tch::Device) -> Result<Self> {
-        Bert::from_pretrained_in(dir, overrides, device, tch::Kind::Float)
-    }
-
-    /// As [`Bert::from_pretrained`], with matmuls in `compute` (float32 master weights).
-    pub fn from_pretrained_in(dir: &Path, overrides: &serde_yaml::Mapping, device: tch::Device, compute: tch::Kind) -> Result<Self> {
         let (config, raw) = BertConfig::from_file(&dir.join("config.json"))?;
-        let config = BertConfig { compute: Some(compute), ..config.with_overrides(overrides)? };
+        let config = config.with_overrides(overrides)?;
         let weights = dir.join("model.safetensors");
         if !weights.is_file() {
             anyhow::bail!("{}: no model.safetensors in this model directory", dir.display());
@@ -160,11 +155,10 @@ fn check_options(options: &runner_api::Options) -> Result<()> {
 fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
     let opts: BertOptions = parse_options(source.options)?;
     let bert = match (source.checkpoint, &opts.preset) {
-        (Some(dir), None) => Bert::from_pretrained_in(dir, &opts.config, source.device, source.compute)?,
+        (Some(dir), None) => Bert::from_pretrained(dir, &opts.config, source.device)?,
         (None, preset) => {
             let base = BertConfig::preset(preset.as_deref().unwrap_or("bert-base"))?;
-            let config = BertConfig { compute: Some(source.compute), ..base.with_overrides(&opts.config)? };
-            Bert::from_config(config, source.device)
+            Bert::from_config(base.with_overrides(&opts.config)?, source.device)
         }
         (Some(_), Some(_)) => anyhow::bail!("preset: give either a checkpoint or a preset, not both"),
     };

@@ -29,17 +29,6 @@ fn normal(std: f64) -> Init {
     Init::Randn { mean: 0.0, stdev: std }
 }
 
-/// `x @ weight.T + bias` in the compute dtype: float32 weights are cast for
-/// the matmul (bf16 autocast, done by hand since libtorch's CPU autocast is
-/// not reachable from tch); gradients flow back to the float32 weights.
-fn linear_in(x: &Tensor, weight: &Tensor, bias: &Tensor, compute: Kind) -> Tensor {
-    if compute == Kind::Float {
-        x.linear(weight, Some(bias))
-    } else {
-        x.to_kind(compute).linear(&weight.to_kind(compute), Some(&bias.to_kind(compute)))
-    }
-}
-
 /// What a forward pass needs besides its input: whether it trains (dropout on)
 /// and where dropout masks come from.
 #[derive(Clone, Copy)]
@@ -59,18 +48,17 @@ impl Pass<'_> {
 struct Linear {
     weight: Tensor, // (out, in)
     bias: Tensor,   // (out,)
-    compute: Kind,
 }
 
 impl Linear {
     fn new(p: nn::Path, in_dim: i64, out_dim: i64, cfg: &BertConfig) -> Self {
         let weight = p.var("weight", &[out_dim, in_dim], normal(cfg.initializer_range));
         let bias = p.set_group(NO_DECAY).var("bias", &[out_dim], Init::Const(0.0));
-        Linear { weight, bias, compute: cfg.compute_kind() }
+        Linear { weight, bias }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        linear_in(x, &self.weight, &self.bias, self.compute)
+        x.linear(&self.weight, Some(&self.bias))
     }
 }
 
@@ -94,7 +82,7 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let dim = self.weight.size()[0];
-        // Always in float32, as autocast does.
+        // In float32 even where autocast hands it a bf16 input.
         x.to_kind(Kind::Float).layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
     }
 }
@@ -228,7 +216,7 @@ impl BertSelfAttention {
         let (q, k, v) = (&self.query, &self.key, &self.value);
         let weight = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0);
         let bias = Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0);
-        let qkv = linear_in(x, &weight, &bias, q.compute) // (B, T, 3H)
+        let qkv = x.linear(&weight, Some(&bias)) // (B, T, 3H)
             .view([b, t, 3, self.num_heads, self.head_dim])
             .permute([2, 0, 3, 1, 4]); // (3, B, nh, T, hd)
         let y = attention(&qkv.get(0), &qkv.get(1), &qkv.get(2), mask, self.dropout, pass); // (B, nh, T, hd)
@@ -325,7 +313,7 @@ impl BertLmHead {
     /// (N, H) -> (N, V), decoding with the word embedding matrix (tied weights).
     fn forward(&self, h: &Tensor, word_embeddings: &Tensor) -> Tensor {
         let h = self.layer_norm.forward(&activation(&self.act, &self.dense.forward(h)));
-        linear_in(&h, word_embeddings, &self.bias, self.dense.compute).to_kind(Kind::Float)
+        h.linear(word_embeddings, Some(&self.bias)).to_kind(Kind::Float) // float32 for the loss
     }
 }
 

@@ -17,6 +17,7 @@ use runner_api::{Metric, MlmModel, ModelSource};
 use crate::data::examples::{split_holdout, Examples};
 use crate::data::{cache, tokenizer, BatchMaker, EvalSet};
 use crate::error::user_msg;
+use crate::autocast::Autocast;
 use crate::eval::evaluate;
 use crate::recipe::{Recipe, TrainLength, Warmup};
 use crate::registry::Registry;
@@ -139,6 +140,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     );
     tracing::info!("ready to train {:.2}s after start", started.elapsed().as_secs_f64());
     let mut trainer = Trainer {
+        compute: t.precision.compute_kind(),
         schedule: LrSchedule { kind: t.schedule, peak: t.lr, warmup, total: total_steps },
         total_steps,
         grad_accum: t.grad_accum_steps as u64,
@@ -308,6 +310,8 @@ pub struct FitStats {
 pub struct Trainer {
     pub model: Box<dyn MlmModel>,
     pub device: tch::Device,
+    /// What forward passes compute in: float32, or bf16 under autocast.
+    pub compute: tch::Kind,
     pub vocab: runner_api::VocabInfo,
     pub optimizer: AdamW,
     pub schedule: LrSchedule,
@@ -331,7 +335,8 @@ impl Trainer {
 
     /// Evaluates, adds the row, and rewrites the metrics tables.
     fn eval_row(&mut self, step: u64, elapsed: f64) -> Result<String> {
-        let values = evaluate(self.model.as_ref(), self.device, &self.eval_set, &self.vocab, &mut self.metrics)?;
+        let values =
+            evaluate(self.model.as_ref(), self.device, self.compute, &self.eval_set, &self.vocab, &mut self.metrics)?;
         let shown = values.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ");
         let row = Row { step, epoch: self.epoch_at(step), lr: self.schedule.lr(step), elapsed_s: elapsed, eval: values, ..Default::default() };
         self.table.push(row);
@@ -366,7 +371,10 @@ impl Trainer {
             for _ in 0..self.grad_accum {
                 let batch = batches.recv().context("the batch thread stopped")??;
                 window_tokens += batch.tokens as u64;
-                let out = self.model.forward_mlm(&batch.to_device(device), true)?;
+                let out = {
+                    let _autocast = Autocast::enter(device, self.compute); // forward only, as torch.autocast
+                    self.model.forward_mlm(&batch.to_device(device), true)?
+                };
                 let loss = out.loss / self.grad_accum as f64;
                 loss.f_backward()?;
                 step_loss += loss.f_double_value(&[])?;
