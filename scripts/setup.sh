@@ -16,7 +16,7 @@ say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
-command -v cc >/dev/null || need_apt+=(build-essential)
+{ command -v cc && command -v c++; } >/dev/null || need_apt+=(build-essential)  # C++: torch-sys and the autocast shim
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 # A TrueType font for the text of `runner report --plot` (plotters draws it with ab_glyph).
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
