@@ -6,11 +6,12 @@
 //! checkpoints load without a rename table. Biases and LayerNorm weights live
 //! in the no-decay group [`NO_DECAY`].
 //!
-//! Training takes three shortcuts that change no result: the MLM head runs only
-//! at labelled positions (sparse prediction); the last layer runs its
-//! attention output and feed-forward only there too, since no other position
-//! reaches the loss; and dropout masks come from [`MaskRng`], with attention
-//! written out so its dropout uses them as well.
+//! Shortcuts that change no result: the MLM head runs only at labelled
+//! positions (sparse prediction); the last layer runs its attention output and
+//! feed-forward only there too, since no other position reaches the loss; one
+//! matmul projects query, key and value; and dropout masks come from
+//! [`MaskRng`], with attention written out in training so its dropout uses
+//! them as well. bf16 comes from the runner's autocast: no casts here.
 
 use anyhow::Result;
 use tch::nn::{self, Init};
