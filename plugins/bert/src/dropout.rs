@@ -76,14 +76,18 @@ impl MaskRng {
         let key = mix(self.key ^ mix(call.wrapping_add(1).wrapping_mul(GOLDEN)));
         let threshold = ((p * 65536.0).round() as u32).clamp(1, 65535) as u16;
         let scale = 65536.0 / (65536.0 - threshold as f64);
-        let mask = Tensor::empty(shape, (kind, Device::Cpu));
+        // Written directly in float32, float64 and bf16; any other kind via float32.
+        let written = match kind {
+            Kind::Double | Kind::BFloat16 => kind,
+            _ => Kind::Float,
+        };
+        let mask = Tensor::empty(shape, (written, Device::Cpu));
         let n = mask.numel();
         let ptr = mask.data_ptr();
         // SAFETY: `mask` is a fresh contiguous CPU tensor of `n` elements of
-        // `kind`; the slice is dropped before the tensor is returned.
+        // `written`; the slice is dropped before the tensor is returned.
         unsafe {
-            match kind {
-                Kind::Float => fill(std::slice::from_raw_parts_mut(ptr as *mut f32, n), key, threshold, scale as f32, 0.0),
+            match written {
                 Kind::Double => fill(std::slice::from_raw_parts_mut(ptr as *mut f64, n), key, threshold, scale, 0.0),
                 Kind::BFloat16 => {
                     let bits = (scale as f32).to_bits();
@@ -91,22 +95,10 @@ impl MaskRng {
                     let bf16 = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16;
                     fill(std::slice::from_raw_parts_mut(ptr as *mut u16, n), key, threshold, bf16, 0)
                 }
-                _ => {
-                    // Any other floating kind: build in float32 and convert.
-                    drop(mask);
-                    return self.mask_via_float(shape, kind, key, threshold, scale);
-                }
+                _ => fill(std::slice::from_raw_parts_mut(ptr as *mut f32, n), key, threshold, scale as f32, 0.0),
             }
         }
-        mask
-    }
-
-    fn mask_via_float(&self, shape: &[i64], kind: Kind, key: u64, threshold: u16, scale: f64) -> Tensor {
-        let mask = Tensor::empty(shape, (Kind::Float, Device::Cpu));
-        let n = mask.numel();
-        // SAFETY: as in `mask`.
-        unsafe { fill(std::slice::from_raw_parts_mut(mask.data_ptr() as *mut f32, n), key, threshold, scale as f32, 0.0) };
-        mask.to_kind(kind)
+        if written == kind { mask } else { mask.to_kind(kind) }
     }
 }
 
