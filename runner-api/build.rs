@@ -29,7 +29,7 @@ fn main() {
 
     // Fingerprint: the API's sources, the compiler and the target.
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for f in ["src/lib.rs", "src/guard.rs", "src/plugin.rs"] {
+    for f in ["src/lib.rs", "src/guard.rs", "src/plugin.rs", "src/wrap.rs"] {
         std::fs::read(f).unwrap_or_default().hash(&mut h);
         println!("cargo:rerun-if-changed={f}");
     }

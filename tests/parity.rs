@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use runner::autocast::Autocast;
 use runner::train::optimizer::{AdamW, AdamWConfig};
-use runner_api::{MlmBatch, MlmModel};
+use runner_api::{MlmBatch, MlmModel, Mode};
 use runner_plugin_bert::Bert;
 use tch::{Device, Kind, Tensor};
 
@@ -55,13 +55,13 @@ fn three_steps(model: &Bert, e: &HashMap<String, Tensor>) -> Vec<f64> {
     let mut losses = Vec::new();
     for _ in 0..cfg["steps"].as_u64().unwrap() {
         opt.zero_grad();
-        let loss = model.forward_mlm(&b, true).unwrap().loss;
+        let loss = model.forward_mlm(&b, Mode::Train { dropout_key: 1 }).unwrap().loss;
         losses.push(loss.double_value(&[]));
         loss.backward();
         opt.clip_grad_norm(Some(f("max_grad_norm"))).unwrap();
         opt.step(f("lr")).unwrap();
     }
-    let last = tch::no_grad(|| model.forward_mlm(&b, false).unwrap().loss.double_value(&[]));
+    let last = tch::no_grad(|| model.forward_mlm(&b, Mode::Eval).unwrap().loss.double_value(&[]));
     losses.push(last);
     losses
 }
@@ -74,7 +74,7 @@ fn logits_and_loss_match_transformers() {
     assert_eq!(logits.size(), e["logits"].size());
     let diff = max_abs_diff(&logits, &e["logits"]);
     assert!(diff < TOL, "logits differ by {diff}");
-    let loss = tch::no_grad(|| model.forward_mlm(&batch(&e), false).unwrap().loss.double_value(&[]));
+    let loss = tch::no_grad(|| model.forward_mlm(&batch(&e), Mode::Eval).unwrap().loss.double_value(&[]));
     let want = e["loss"].double_value(&[0]);
     assert!((loss - want).abs() < TOL, "loss {loss} vs transformers {want}");
 }
@@ -198,10 +198,10 @@ fn bf16_compute_stays_close_to_fp32() {
     let fp32 = load();
     let bf16 = load();
     let b = batch(&e);
-    let l32 = fp32.forward_mlm(&b, false).unwrap().loss.double_value(&[]);
+    let l32 = fp32.forward_mlm(&b, Mode::Eval).unwrap().loss.double_value(&[]);
     let out = {
         let _autocast = Autocast::enter(Device::Cpu, Kind::BFloat16);
-        bf16.forward_mlm(&b, true).unwrap()
+        bf16.forward_mlm(&b, Mode::Train { dropout_key: 1 }).unwrap()
     };
     assert_eq!(out.logits.kind(), Kind::Float, "logits and loss in float32");
     let l16 = out.loss.double_value(&[]);
@@ -210,4 +210,64 @@ fn bf16_compute_stays_close_to_fp32() {
     out.loss.backward();
     let params = bf16.parameters().unwrap();
     assert!(params.iter().all(|p| p.tensor.kind() == Kind::Float && p.tensor.grad().defined()));
+}
+
+/// fp16 with dynamic loss scaling against `torch.amp.GradScaler("cpu")`
+/// (tests/fixtures/make_grad_scaler.py): the same scale after every step, the
+/// same skipped step (an inf injected into one gradient), and the same
+/// parameters at the end, up to float16 rounding.
+#[test]
+fn fp16_loss_scaling_matches_torch_grad_scaler() {
+    use runner::train::scaler::{LossScaler, ScalerConfig};
+    let want: HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixture().join("grad_scaler.safetensors")).unwrap().into_iter().collect();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("grad_scaler.json")).unwrap()).unwrap();
+    let f = |k: &str| cfg[k].as_f64().unwrap();
+    let model = load();
+    let mut opt = AdamW::new(
+        model.parameters().unwrap(),
+        AdamWConfig { beta1: cfg["betas"][0].as_f64().unwrap(), beta2: cfg["betas"][1].as_f64().unwrap(), eps: f("eps"), weight_decay: f("weight_decay") },
+    );
+    let scaler_cfg = ScalerConfig { init_scale: f("init_scale"), growth_interval: cfg["growth_interval"].as_i64().unwrap(), ..Default::default() };
+    let mut scaler = LossScaler::new(scaler_cfg, Device::Cpu);
+    let params: HashMap<String, Tensor> = model.parameters().unwrap().into_iter().map(|p| (p.name, p.tensor)).collect();
+    let b = batch(&expected());
+    let (mut scales, mut skipped, mut losses) = (Vec::new(), Vec::new(), Vec::new());
+    for step in 0..cfg["steps"].as_u64().unwrap() {
+        opt.zero_grad();
+        let loss = {
+            let _fp16 = Autocast::enter(Device::Cpu, Kind::Half);
+            model.forward_mlm(&b, Mode::Train { dropout_key: 1 }).unwrap().loss
+        };
+        losses.push(loss.double_value(&[]));
+        scaler.scale(&loss).unwrap().backward();
+        if step == cfg["inf_step"].as_u64().unwrap() {
+            let _ = params[cfg["inf_param"].as_str().unwrap()].grad().get(0).get(0).fill_(f64::INFINITY);
+        }
+        let found_inf = scaler.unscale(&opt.grads()).unwrap() > 0.0;
+        opt.clip_grad_norm(Some(f("max_grad_norm"))).unwrap();
+        if !found_inf {
+            opt.step(f("lr")).unwrap();
+        }
+        scaler.update(found_inf).unwrap();
+        scales.push(scaler.value());
+        skipped.push(if found_inf { 1.0 } else { 0.0 });
+    }
+    assert_eq!(scales, Vec::<f64>::try_from(&want["scales"]).unwrap(), "loss scale after each step");
+    assert_eq!(skipped, Vec::<f64>::try_from(&want["skipped"]).unwrap(), "skipped steps");
+    assert_eq!(scaler.skipped, 1);
+    for (got, expect) in losses.iter().zip(Vec::<f64>::try_from(&want["losses"]).unwrap()) {
+        assert!((got - expect).abs() < 2e-3, "fp16 losses {losses:?} vs torch {:?}", want["losses"]);
+    }
+    let mut worst = (0.0, String::new());
+    for (name, p) in &params {
+        let d = max_abs_diff(p, &want[&format!("param.{name}")]);
+        if d > worst.0 {
+            worst = (d, name.clone());
+        }
+    }
+    // 6 AdamW steps of lr 1e-3 move a weight by up to ~6e-3; fp16 rounding of the
+    // gradients may flip the sign of a near-zero update, nothing more.
+    assert!(worst.0 < 5e-4, "parameters differ from torch's by {} in {}", worst.0, worst.1);
 }

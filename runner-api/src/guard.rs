@@ -8,16 +8,16 @@
 //! error that names the plugin, the component and the call.
 
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
 
+use crate::wrap::{Hook, Wrapped};
 use crate::{
-    Component, ComponentKind, Dataset, Document, Factory, MaskedSequence, Masker, MaskingRates, Metric, MlmBatch,
-    MlmModel, MlmOutput, ModelInfo, ModelSource, Options, ParamDoc, Parameter, RngCore, VocabInfo,
+    Component, ComponentKind, Dataset, Document, Factory, MaskedSequence, Masker, MaskingRates, Metric, MlmModel,
+    ModelSource, Options, ParamDoc, RngCore, VocabInfo,
 };
 
 /// Which component a call belongs to, for error messages.
@@ -74,46 +74,12 @@ impl Masker for GuardedMasker {
     }
 }
 
-struct GuardedModel {
-    inner: Box<dyn MlmModel>,
-    who: Who,
-}
+/// The plugin-side hook: every call into a model or metric runs in [`guard`].
+pub struct GuardHook(pub Who);
 
-impl MlmModel for GuardedModel {
-    fn forward_mlm(&self, batch: &MlmBatch, train: bool) -> Result<MlmOutput> {
-        guard(&self.who, "forward_mlm", || self.inner.forward_mlm(batch, train))
-    }
-    fn logits(&self, input_ids: &tch::Tensor, attention_mask: &tch::Tensor) -> Result<tch::Tensor> {
-        guard(&self.who, "logits", || self.inner.logits(input_ids, attention_mask))
-    }
-    fn parameters(&self) -> Result<Vec<Parameter>> {
-        guard(&self.who, "parameters", || self.inner.parameters())
-    }
-    fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        guard(&self.who, "save_pretrained", || self.inner.save_pretrained(dir))
-    }
-    fn info(&self) -> Result<ModelInfo> {
-        guard(&self.who, "info", || self.inner.info())
-    }
-}
-
-struct GuardedMetric {
-    inner: Box<dyn Metric>,
-    who: Who,
-}
-
-impl Metric for GuardedMetric {
-    fn reset(&mut self) -> Result<()> {
-        guard(&self.who.clone(), "reset", || self.inner.reset())
-    }
-    fn update(&mut self, out: &MlmOutput) -> Result<()> {
-        guard(&self.who.clone(), "update", || self.inner.update(out))
-    }
-    fn compute(&self) -> Result<BTreeMap<String, f64>> {
-        guard(&self.who, "compute", || self.inner.compute())
-    }
-    fn update_with_model(&mut self, model: &dyn MlmModel, sequences: &[Vec<i64>], vocab: &VocabInfo) -> Result<()> {
-        guard(&self.who.clone(), "update_with_model", || self.inner.update_with_model(model, sequences, vocab))
+impl Hook for GuardHook {
+    fn call<T>(&self, method: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        guard(&self.0, method, f)
     }
 }
 
@@ -169,11 +135,11 @@ impl Registered {
             })),
             Factory::Model(f) => Builder::Model(Arc::new(move |s: &ModelSource| {
                 let inner = guard(&w, "build", || f(s))?;
-                Ok(Box::new(GuardedModel { inner, who: w.clone() }) as Box<dyn MlmModel>)
+                Ok(Box::new(Wrapped { inner, hook: GuardHook(w.clone()) }) as Box<dyn MlmModel>)
             })),
             Factory::Metric(f) => Builder::Metric(Arc::new(move |o: &Options| {
                 let inner = guard(&w, "build", || f(o))?;
-                Ok(Box::new(GuardedMetric { inner, who: w.clone() }) as Box<dyn Metric>)
+                Ok(Box::new(Wrapped { inner, hook: GuardHook(w.clone()) }) as Box<dyn Metric>)
             })),
         };
         Registered { plugin: who.plugin, kind: who.kind, name: c.name, doc: c.doc, params: c.params, check, builder }

@@ -17,6 +17,7 @@
 
 pub mod guard;
 pub mod plugin;
+pub mod wrap;
 
 pub use plugin::{PluginDeclaration, StrRef, ABI_VERSION, PLUGIN_MAGIC};
 
@@ -199,18 +200,39 @@ pub struct ModelInfo {
     pub num_parameters: i64,
 }
 
-/// A masked language model.
-pub trait MlmModel: Send {
-    /// Forward pass that scores only labelled positions (the MLM head runs on
-    /// those alone). `train` turns dropout on.
-    fn forward_mlm(&self, batch: &MlmBatch, train: bool) -> Result<MlmOutput>;
-    /// Full logits (B, T, V) in eval mode, for fill-mask and checks.
-    fn logits(&self, input_ids: &tch::Tensor, attention_mask: &tch::Tensor) -> Result<tch::Tensor>;
-    /// Trainable parameters with their weight-decay group, in a stable order.
-    fn parameters(&self) -> Result<Vec<Parameter>>;
-    /// Writes `config.json` and `model.safetensors` that Hugging Face `transformers` loads.
-    fn save_pretrained(&self, dir: &Path) -> Result<()>;
-    fn info(&self) -> Result<ModelInfo>;
+/// How a forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Dropout off.
+    Eval,
+    /// Dropout on. Every dropout mask of the pass must be a pure function of
+    /// `dropout_key` and the mask's place in the pass: the runner derives the
+    /// key from the run seed and the micro-batch's global index, so a model
+    /// keeps no random state of its own, a resumed run redraws the same masks,
+    /// and a micro-batch gets the same masks whichever process trains on it.
+    Train { dropout_key: u64 },
+}
+
+impl Mode {
+    pub fn is_train(self) -> bool {
+        matches!(self, Mode::Train { .. })
+    }
+}
+
+crate::contract! {
+    /// A masked language model.
+    pub trait MlmModel: Send {
+        /// Forward pass that scores only labelled positions (the MLM head runs on
+        /// those alone).
+        fn forward_mlm(&self, batch: &MlmBatch, mode: Mode) -> Result<MlmOutput>;
+        /// Full logits (B, T, V) in eval mode, for fill-mask and checks.
+        fn logits(&self, input_ids: &tch::Tensor, attention_mask: &tch::Tensor) -> Result<tch::Tensor>;
+        /// Trainable parameters with their weight-decay group, in a stable order.
+        fn parameters(&self) -> Result<Vec<Parameter>>;
+        /// Writes `config.json` and `model.safetensors` that Hugging Face `transformers` loads.
+        fn save_pretrained(&self, dir: &Path) -> Result<()>;
+        fn info(&self) -> Result<ModelInfo>;
+    }
 }
 
 /// What a model needs to be built.
@@ -231,18 +253,38 @@ pub struct ModelSource<'a> {
 // Metrics
 // ---------------------------------------------------------------------------
 
-/// Accumulates predictions over an eval pass, then reports named values.
-pub trait Metric: Send {
-    fn reset(&mut self) -> Result<()>;
-    /// Adds one batch: `out.logits` (N, V) and `out.labels` (N,).
-    fn update(&mut self, out: &MlmOutput) -> Result<()>;
-    /// Named values, e.g. `{"eval_loss": 2.1}`.
-    fn compute(&self) -> Result<BTreeMap<String, f64>>;
-    /// Scores that need the model itself rather than one forward pass over
-    /// the eval batches (e.g. pseudo-perplexity). Called once per eval, after
-    /// the batches, with the eval sequences (unmasked, no padding).
-    fn update_with_model(&mut self, _model: &dyn MlmModel, _sequences: &[Vec<i64>], _vocab: &VocabInfo) -> Result<()> {
-        Ok(())
+crate::contract! {
+    /// Accumulates predictions over an eval pass, then reports named values.
+    ///
+    /// With several processes each one sees a share of the eval batches; a
+    /// metric whose state is sums (of losses, hits, counts) reports them with
+    /// [`partial_sums`](Metric::partial_sums), the runner adds them over the
+    /// processes and hands the totals back through
+    /// [`set_partial_sums`](Metric::set_partial_sums), so the figures equal a
+    /// single process's. A metric that cannot be split keeps the defaults, and
+    /// every process then evaluates every batch.
+    pub trait Metric: Send {
+        fn reset(&mut self) -> Result<()>;
+        /// Adds one batch: `out.logits` (N, V) and `out.labels` (N,).
+        fn update(&mut self, out: &MlmOutput) -> Result<()>;
+        /// Named values, e.g. `{"eval_loss": 2.1}`.
+        fn compute(&self) -> Result<BTreeMap<String, f64>>;
+        /// Scores that need the model itself rather than one forward pass over
+        /// the eval batches (e.g. pseudo-perplexity). Called once per eval, after
+        /// the batches, with the eval sequences (unmasked, no padding).
+        fn update_with_model(&mut self, model: &dyn MlmModel, sequences: &[Vec<i64>], vocab: &VocabInfo) -> Result<()> = {
+            let _ = (model, sequences, vocab);
+            Ok(())
+        };
+        /// The state as numbers that add up over shards of the eval batches,
+        /// or `None` if the metric cannot be split.
+        fn partial_sums(&self) -> Result<Option<Vec<f64>>> = { Ok(None) };
+        /// Replaces the state with `sums`: what [`partial_sums`](Metric::partial_sums)
+        /// gave, added over every shard.
+        fn set_partial_sums(&mut self, sums: &[f64]) -> Result<()> = {
+            let _ = sums;
+            anyhow::bail!("this metric cannot be split over processes")
+        };
     }
 }
 

@@ -1,11 +1,12 @@
 //! Builds the recipe's components through the registry: the dataset, the
 //! masker, the model and the metrics. The only place that calls factories.
 //!
-//! Every component is returned wrapped in [`Bound`], which keeps its plugin
-//! library loaded for as long as the component lives, and turns the plugin's
-//! errors into errors owned by the runner (so they can outlive the library).
+//! Every component is returned wrapped, keeping its plugin library loaded for
+//! as long as the component lives and turning the plugin's errors into errors
+//! owned by the runner (so they can outlive the library): datasets and maskers
+//! in [`Bound`], models and metrics in a [`Wrapped`] with the [`LibraryHook`],
+//! whose forwarding `runner_api::contract!` writes from the trait itself.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,9 +14,10 @@ use anyhow::Result;
 use libloading::Library;
 
 use runner_api::guard::Builder;
+use runner_api::wrap::{Hook, Wrapped};
 use runner_api::{
-    ComponentKind, Dataset, Document, MaskedSequence, Masker, MaskingRates, Metric, MlmBatch, MlmModel, MlmOutput,
-    ModelInfo, ModelSource, Options, Parameter, RngCore, VocabInfo,
+    ComponentKind, Dataset, Document, MaskedSequence, Masker, MaskingRates, Metric, MlmModel, ModelSource, Options,
+    RngCore, VocabInfo,
 };
 
 use crate::error::user_msg;
@@ -45,37 +47,20 @@ impl Masker for Bound<dyn Masker> {
     }
 }
 
-impl MlmModel for Bound<dyn MlmModel> {
-    fn forward_mlm(&self, batch: &MlmBatch, train: bool) -> Result<MlmOutput> {
-        self.inner.forward_mlm(batch, train).map_err(rehome)
-    }
-    fn logits(&self, input_ids: &tch::Tensor, attention_mask: &tch::Tensor) -> Result<tch::Tensor> {
-        self.inner.logits(input_ids, attention_mask).map_err(rehome)
-    }
-    fn parameters(&self) -> Result<Vec<Parameter>> {
-        self.inner.parameters().map_err(rehome)
-    }
-    fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        self.inner.save_pretrained(dir).map_err(rehome)
-    }
-    fn info(&self) -> Result<ModelInfo> {
-        self.inner.info().map_err(rehome)
+/// The runner-side hook around model and metric calls: keeps the plugin
+/// library loaded while the component lives, and re-creates its errors.
+pub struct LibraryHook {
+    _library: Option<Arc<Library>>,
+}
+
+impl Hook for LibraryHook {
+    fn call<T>(&self, _method: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        f().map_err(rehome)
     }
 }
 
-impl Metric for Bound<dyn Metric> {
-    fn reset(&mut self) -> Result<()> {
-        self.inner.reset().map_err(rehome)
-    }
-    fn update(&mut self, out: &MlmOutput) -> Result<()> {
-        self.inner.update(out).map_err(rehome)
-    }
-    fn compute(&self) -> Result<BTreeMap<String, f64>> {
-        self.inner.compute().map_err(rehome)
-    }
-    fn update_with_model(&mut self, model: &dyn MlmModel, sequences: &[Vec<i64>], vocab: &VocabInfo) -> Result<()> {
-        self.inner.update_with_model(model, sequences, vocab).map_err(rehome)
-    }
+fn wrapped<T: ?Sized>(inner: Box<T>, e: &Entry) -> Wrapped<T, LibraryHook> {
+    Wrapped { inner, hook: LibraryHook { _library: e.library.clone() } }
 }
 
 fn entry<'r>(registry: &'r Registry, kind: ComponentKind, name: &str, key: &str) -> Result<&'r Entry> {
@@ -115,7 +100,7 @@ pub fn model(registry: &Registry, name: &str, source: &ModelSource) -> Result<Bo
         Some(dir) => user_msg(format!("model `{name}` from {}: {err:#}", dir.display())),
         None => user_msg(format!("model `{name}`: {err:#}")),
     })?;
-    Ok(Box::new(bound(inner, e)))
+    Ok(Box::new(wrapped(inner, e)))
 }
 
 pub fn metrics(registry: &Registry, names: &[String]) -> Result<Vec<Box<dyn Metric>>> {
@@ -126,7 +111,7 @@ pub fn metrics(registry: &Registry, names: &[String]) -> Result<Vec<Box<dyn Metr
             let e = entry(registry, ComponentKind::Metric, name, &format!("metrics[{i}]"))?;
             let Builder::Metric(build) = &e.component.builder else { unreachable!("looked up by kind") };
             let inner = build(&Options::new()).map_err(|err| user_msg(format!("metrics[{i}]: {err:#}")))?;
-            Ok(Box::new(bound(inner, e)) as Box<dyn Metric>)
+            Ok(Box::new(wrapped(inner, e)) as Box<dyn Metric>)
         })
         .collect()
 }

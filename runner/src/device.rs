@@ -1,6 +1,8 @@
 //! Devices and threads. libtorch's CUDA backend lives in `libtorch_cuda.so`,
 //! which the linker drops as unused (`--as-needed`); it is loaded here, once,
-//! only when a recipe asks for CUDA, so CPU runs never pay for it.
+//! only when a recipe asks for CUDA, so CPU runs never pay for it. Besides
+//! `registry.rs` (plugins), this is the one file that opens libraries at run
+//! time: libtorch's CUDA backend and the CUDA runtime's device attributes.
 
 use std::sync::OnceLock;
 
@@ -22,6 +24,32 @@ pub fn load_cuda() {
             }
         }
     });
+}
+
+/// The compute capability `(major, minor)` of CUDA device `i`, from the CUDA
+/// runtime libtorch ships with; `None` when there is no such device.
+pub fn cuda_capability(i: usize) -> Option<(i32, i32)> {
+    load_cuda();
+    if !tch::Cuda::is_available() || i >= tch::Cuda::device_count() as usize {
+        return None;
+    }
+    type GetAttribute = unsafe extern "C" fn(*mut i32, i32, i32) -> i32;
+    // cudaDevAttrComputeCapabilityMajor / Minor
+    const MAJOR: i32 = 75;
+    const MINOR: i32 = 76;
+    // SAFETY: libcudart is already loaded by libtorch_cuda; cudaDeviceGetAttribute
+    // has this C signature and writes one int.
+    unsafe {
+        let lib = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]
+            .iter()
+            .find_map(|name| libloading::Library::new(name).ok())?;
+        let get: libloading::Symbol<GetAttribute> = lib.get(b"cudaDeviceGetAttribute\0").ok()?;
+        let (mut major, mut minor) = (0, 0);
+        if get(&mut major, MAJOR, i as i32) != 0 || get(&mut minor, MINOR, i as i32) != 0 {
+            return None;
+        }
+        Some((major, minor))
+    }
 }
 
 /// Sets libtorch's intra-op threads.

@@ -19,6 +19,7 @@ pub mod device;
 pub mod dist;
 pub mod error;
 pub mod eval;
+pub mod precision;
 pub mod hub;
 pub mod recipe;
 pub mod registry;

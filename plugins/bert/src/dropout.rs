@@ -8,9 +8,12 @@
 //! the CPU has them) and split over threads, then multiplied in: gradients flow
 //! through the product as they do through torch's dropout.
 //!
-//! Each mask is a pure function of the key and the number of masks drawn
-//! before it, so the generator's whole state is two integers ([`MaskRng::state`]):
-//! a resumed run draws the same masks without replaying anything. The drop
+//! A [`MaskRng`] lives for one forward pass: its key is the pass's
+//! `dropout_key`, which the runner derives from the run seed and the
+//! micro-batch's global index, and each mask is a pure function of that key and
+//! the number of masks drawn before it in the pass. The model holds no random
+//! state: a resumed run, or another process training the same micro-batch,
+//! draws the same masks. The drop
 //! probability is rounded to a multiple of 2^-16 (0.1 becomes 0.1000061) and
 //! the keep scale uses the rounded value, so the expectation stays exact.
 //!
@@ -30,33 +33,18 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Source of dropout masks for one model.
+/// Source of the dropout masks of one forward pass.
 #[derive(Debug)]
 pub struct MaskRng {
     key: u64,
-    /// Masks drawn so far.
+    /// Masks drawn so far in this pass.
     calls: AtomicU64,
 }
 
 impl MaskRng {
+    /// The generator of a pass whose dropout key is `key`.
     pub fn new(key: u64) -> Self {
         MaskRng { key, calls: AtomicU64::new(0) }
-    }
-
-    /// A key drawn from torch's default generator, so `run.seed` fixes it.
-    pub fn seeded_by_torch() -> Self {
-        let words = Tensor::randint(1 << 31, [2], (Kind::Int64, Device::Cpu));
-        let (a, b) = (words.int64_value(&[0]) as u64, words.int64_value(&[1]) as u64);
-        MaskRng::new(mix((a << 31) ^ b))
-    }
-
-    /// `(key, masks drawn)`: everything needed to continue the sequence.
-    pub fn state(&self) -> (u64, u64) {
-        (self.key, self.calls.load(Ordering::Relaxed))
-    }
-
-    pub fn restore(&self, calls: u64) {
-        self.calls.store(calls, Ordering::Relaxed);
     }
 
     /// Dropout of `x` with probability `p` when `train`; `x` itself otherwise.
@@ -196,13 +184,13 @@ mod tests {
     }
 
     #[test]
-    fn masks_differ_between_calls_and_repeat_from_the_same_state() {
+    fn masks_differ_within_a_pass_and_repeat_for_the_same_key() {
         let a = MaskRng::new(3);
         let first = values(&a.mask(&[64, 64], Kind::Float, 0.5));
         let second = values(&a.mask(&[64, 64], Kind::Float, 0.5));
         assert_ne!(first, second);
         let b = MaskRng::new(3);
-        b.restore(1);
+        assert_eq!(values(&b.mask(&[64, 64], Kind::Float, 0.5)), first);
         assert_eq!(values(&b.mask(&[64, 64], Kind::Float, 0.5)), second);
         assert_ne!(values(&MaskRng::new(4).mask(&[64, 64], Kind::Float, 0.5)), first);
     }

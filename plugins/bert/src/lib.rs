@@ -14,7 +14,7 @@ use tch::nn::VarStore;
 use tch::Tensor;
 
 use runner_api::{
-    parse_options, Component, Factory, MlmBatch, MlmModel, MlmOutput, ModelInfo, ModelSource, ParamDoc, Parameter,
+    parse_options, Component, Factory, MlmBatch, MlmModel, Mode, MlmOutput, ModelInfo, ModelSource, ParamDoc, Parameter,
     Registrar,
 };
 
@@ -78,14 +78,14 @@ impl Bert {
 }
 
 impl MlmModel for Bert {
-    fn forward_mlm(&self, batch: &MlmBatch, train: bool) -> Result<MlmOutput> {
+    fn forward_mlm(&self, batch: &MlmBatch, mode: Mode) -> Result<MlmOutput> {
         let (loss, logits, labels) =
-            self.model.masked_lm(&batch.input_ids, &batch.attention_mask, &batch.labels, train)?;
+            self.model.masked_lm(&batch.input_ids, &batch.attention_mask, &batch.labels, mode)?;
         Ok(MlmOutput { loss, logits, labels })
     }
 
     fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        Ok(self.model.logits(input_ids, attention_mask, false))
+        Ok(self.model.logits(input_ids, attention_mask, Mode::Eval))
     }
 
     fn parameters(&self) -> Result<Vec<Parameter>> {

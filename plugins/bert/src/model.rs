@@ -9,9 +9,10 @@
 //! Shortcuts that change no result: the MLM head runs only at labelled
 //! positions (sparse prediction); the last layer runs its attention output and
 //! feed-forward only there too, since no other position reaches the loss; one
-//! matmul projects query, key and value; and dropout masks come from
-//! [`MaskRng`], with attention written out in training so its dropout uses
-//! them as well. bf16 comes from the runner's autocast: no casts here.
+//! matmul projects query, key and value; and dropout masks come from a
+//! [`MaskRng`] keyed by the pass's `dropout_key`, with attention written out in
+//! training so its dropout uses them as well. bf16 and fp16 come from the
+//! runner's autocast: no casts here.
 
 use anyhow::Result;
 use tch::nn::{self, Init};
@@ -19,7 +20,7 @@ use tch::{Kind, Tensor};
 
 use crate::config::BertConfig;
 use crate::dropout::MaskRng;
-use runner_api::IGNORE_INDEX;
+use runner_api::{Mode, IGNORE_INDEX};
 
 /// Optimizer group of parameters that take weight decay.
 pub const DECAY: usize = 0;
@@ -31,7 +32,7 @@ fn normal(std: f64) -> Init {
 }
 
 /// What a forward pass needs besides its input: whether it trains (dropout on)
-/// and where dropout masks come from.
+/// and where this pass's dropout masks come from.
 #[derive(Clone, Copy)]
 pub struct Pass<'a> {
     pub train: bool,
@@ -318,14 +319,21 @@ impl BertLmHead {
     }
 }
 
+/// The dropout masks of one pass: keyed by the runner's `dropout_key` in
+/// training; in eval none are drawn.
+fn masks_of(mode: Mode) -> MaskRng {
+    match mode {
+        Mode::Train { dropout_key } => MaskRng::new(dropout_key),
+        Mode::Eval => MaskRng::new(0),
+    }
+}
+
 /// `transformers.BertForMaskedLM`: `bert.{embeddings, encoder}` and `cls.predictions`.
 #[derive(Debug)]
 pub struct BertForMaskedLm {
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,
     head: BertLmHead,
-    /// Dropout masks; its key is drawn from torch's generator after the weights.
-    pub rng: MaskRng,
 }
 
 impl BertForMaskedLm {
@@ -336,24 +344,21 @@ impl BertForMaskedLm {
             embeddings: BertEmbeddings::new(&bert / "embeddings", cfg),
             layers: (0..cfg.num_hidden_layers).map(|i| BertLayer::new(&layer_path / i, cfg)).collect(),
             head: BertLmHead::new(root / "cls" / "predictions", cfg),
-            rng: MaskRng::seeded_by_torch(),
         }
     }
 
-    fn pass(&self, train: bool) -> Pass<'_> {
-        Pass { train, rng: &self.rng }
-    }
-
     /// Encoder output (B, T, H).
-    pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
-        let (pass, mask) = (self.pass(train), KeyMask::new(attention_mask));
+    pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, mode: Mode) -> Tensor {
+        let rng = masks_of(mode);
+        let (pass, mask) = (Pass { train: mode.is_train(), rng: &rng }, KeyMask::new(attention_mask));
         self.layers.iter().fold(self.embeddings.forward(input_ids, pass), |x, layer| layer.forward(&x, &mask, pass))
     }
 
     /// Encoder output at the flat positions `at` only (N, H); the last layer
     /// runs past attention on those rows alone.
-    fn encode_at(&self, input_ids: &Tensor, attention_mask: &Tensor, at: &Tensor, train: bool) -> Tensor {
-        let (pass, mask) = (self.pass(train), KeyMask::new(attention_mask));
+    fn encode_at(&self, input_ids: &Tensor, attention_mask: &Tensor, at: &Tensor, mode: Mode) -> Tensor {
+        let rng = masks_of(mode);
+        let (pass, mask) = (Pass { train: mode.is_train(), rng: &rng }, KeyMask::new(attention_mask));
         let mut x = self.embeddings.forward(input_ids, pass);
         let Some((last, first)) = self.layers.split_last() else {
             let h = *x.size().last().expect("hidden has a last dim");
@@ -366,8 +371,8 @@ impl BertForMaskedLm {
     }
 
     /// Logits at every position (B, T, V).
-    pub fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
-        let h = self.encode(input_ids, attention_mask, train);
+    pub fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor, mode: Mode) -> Tensor {
+        let h = self.encode(input_ids, attention_mask, mode);
         self.head.forward(&h, &self.embeddings.word_embeddings)
     }
 
@@ -378,11 +383,11 @@ impl BertForMaskedLm {
         input_ids: &Tensor,
         attention_mask: &Tensor,
         labels: &Tensor,
-        train: bool,
+        mode: Mode,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let labels = labels.f_reshape([-1])?; // (B*T,)
         let at = labels.f_ne(IGNORE_INDEX)?.f_nonzero()?.f_squeeze_dim(1)?; // (N,)
-        let picked = self.encode_at(input_ids, attention_mask, &at, train); // (N, H)
+        let picked = self.encode_at(input_ids, attention_mask, &at, mode); // (N, H)
         let labels = labels.f_index_select(0, &at)?; // (N,)
         let logits = self.head.forward(&picked, &self.embeddings.word_embeddings); // (N, V)
         let loss = if at.numel() == 0 {

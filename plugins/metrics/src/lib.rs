@@ -6,6 +6,10 @@
 //! `pseudo_perplexity` (Salazar et al., 2020) runs the model itself: each
 //! token of each eval sequence is masked in turn (batched), and
 //! PPPL = exp(-mean log p(token | rest)).
+//!
+//! The batch metrics report their sums ([`Metric::partial_sums`]), so an eval
+//! split over processes adds up to a single process's figures;
+//! pseudo-perplexity does not split, and every process then scores everything.
 
 use std::collections::BTreeMap;
 
@@ -65,6 +69,14 @@ impl Metric for LossMetric {
     fn update(&mut self, out: &MlmOutput) -> Result<()> {
         self.sum.update(out)
     }
+    fn partial_sums(&self) -> Result<Option<Vec<f64>>> {
+        Ok(Some(vec![self.sum.total, self.sum.tokens as f64]))
+    }
+    fn set_partial_sums(&mut self, sums: &[f64]) -> Result<()> {
+        let [total, tokens] = sums else { anyhow::bail!("expected 2 sums, got {}", sums.len()) };
+        self.sum = CrossEntropySum { total: *total, tokens: *tokens as i64 };
+        Ok(())
+    }
     fn compute(&self) -> Result<BTreeMap<String, f64>> {
         let mean = self.sum.mean();
         Ok(if self.exponentiate {
@@ -98,6 +110,14 @@ impl Metric for TopKAccuracy {
         let hits = top.f_eq_tensor(&out.labels.unsqueeze(1))?.f_any_dim(1, false)?.f_sum(Kind::Int64)?;
         self.hits += hits.f_int64_value(&[])?;
         self.tokens += n;
+        Ok(())
+    }
+    fn partial_sums(&self) -> Result<Option<Vec<f64>>> {
+        Ok(Some(vec![self.hits as f64, self.tokens as f64]))
+    }
+    fn set_partial_sums(&mut self, sums: &[f64]) -> Result<()> {
+        let [hits, tokens] = sums else { anyhow::bail!("expected 2 sums, got {}", sums.len()) };
+        (self.hits, self.tokens) = (*hits as i64, *tokens as i64);
         Ok(())
     }
     fn compute(&self) -> Result<BTreeMap<String, f64>> {
@@ -235,6 +255,26 @@ mod tests {
         let mut p = LossMetric { exponentiate: true, ..Default::default() };
         p.update(&output(&[0.0; 4], &[2], 4)).unwrap();
         assert!((p.compute().unwrap()["perplexity"] - 4.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn sums_of_two_shards_give_the_whole() {
+        let logits = [0.9f32, 0.5, 0.1, 0.0, /* row 2 */ 0.1, 0.2, 0.3, 0.9];
+        let (first, second) = (output(&logits[..4], &[0], 4), output(&logits[4..], &[2], 4));
+        let mut whole = LossMetric::default();
+        whole.update(&first).unwrap();
+        whole.update(&second).unwrap();
+        let (mut a, mut b) = (LossMetric::default(), LossMetric::default());
+        a.update(&first).unwrap();
+        b.update(&second).unwrap();
+        let sums: Vec<f64> =
+            a.partial_sums().unwrap().unwrap().iter().zip(b.partial_sums().unwrap().unwrap()).map(|(x, y)| x + y).collect();
+        a.set_partial_sums(&sums).unwrap();
+        assert_eq!(a.compute().unwrap(), whole.compute().unwrap());
+        let mut acc = TopKAccuracy { k: 1, hits: 0, tokens: 0 };
+        acc.set_partial_sums(&[3.0, 4.0]).unwrap();
+        assert_eq!(acc.compute().unwrap()["accuracy"], 0.75);
+        assert!(acc.set_partial_sums(&[1.0]).is_err());
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub fn run(args: &RecipeArgs, overwrite: bool) -> Result<()> {
     let registry = Registry::discover(&raw.plugins)?;
     let r = recipe::resolve(raw, &args.recipe, &registry)?;
     let outcome = crate::train::run(&r, &registry, overwrite)?;
+    if !outcome.is_main {
+        return Ok(()); // the first process of a data-parallel run reports for all
+    }
     let s = &outcome.summary;
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     println!("run `{}` finished: {} steps in {:.1}s, {:.0} tokens/s", s.run, s.steps, s.elapsed_s, s.tokens_per_s);

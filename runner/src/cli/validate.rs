@@ -10,6 +10,12 @@ pub fn validate(args: &RecipeArgs) -> Result<()> {
     let raw = recipe::load(&args.recipe, &args.overrides)?;
     let registry = Registry::discover(&raw.plugins)?;
     let r = recipe::resolve(raw, &args.recipe, &registry)?;
+    if let Some(w) = crate::precision::cpu_warning(r.precision, r.device) {
+        tracing::warn!("{w}");
+    }
+    if !r.precision_reason.is_empty() {
+        tracing::info!("precision: auto chooses {:?} ({})", r.precision, r.precision_reason);
+    }
     println!(
         "{}: ok (run `{}`, model `{}`, dataset `{}`, masking `{}`, metrics {})",
         args.recipe.display(),

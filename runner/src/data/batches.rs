@@ -130,14 +130,15 @@ impl BatchMaker {
         Ok(Batch::pad(masked(&self.examples, rows.iter().copied(), self.masker.as_ref(), &mut rng)?, self.pad_id))
     }
 
-    /// Builds micro-batches `start..end` on a background thread, a few ahead.
-    pub fn prefetch(self: Arc<Self>, start: u64, end: u64) -> Receiver<Result<Batch>> {
+    /// Builds the micro-batches numbered by `indices`, in that order, on a
+    /// background thread, a few ahead.
+    pub fn prefetch(self: Arc<Self>, indices: impl Iterator<Item = u64> + Send + 'static) -> Receiver<Result<Batch>> {
         let (tx, rx) = sync_channel(4);
         std::thread::Builder::new()
             .name("batches".into())
             .spawn(move || {
                 let mut cache = None;
-                for i in start..end {
+                for i in indices {
                     let batch = self.batch(i, &mut cache);
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {

@@ -3,6 +3,8 @@
 //! process groups (Gloo on the CPU, NCCL on CUDA) or, for one process, by
 //! [`Single`], which does nothing.
 
+pub mod buckets;
+
 use anyhow::Result;
 use tch::Tensor;
 
@@ -61,5 +63,47 @@ impl Collective for Single {
     }
     fn barrier(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Joins the job this process belongs to: torchrun's or SLURM's variables
+/// name it; without them the process trains alone.
+pub fn join(recipe: &crate::recipe::Recipe) -> Result<(World, Box<dyn Collective>)> {
+    let _ = recipe;
+    match std::env::var("WORLD_SIZE").ok().and_then(|w| w.parse::<usize>().ok()) {
+        Some(n) if n > 1 => anyhow::bail!("WORLD_SIZE={n}: process groups are not available in this build"),
+        _ => Ok((World::single(), Box::new(Single))),
+    }
+}
+
+/// The device this process trains on: on CUDA each process takes
+/// `cuda:LOCAL_RANK` (a recipe's `cuda:N` is kept for a single process).
+pub fn device_of(device: tch::Device, world: &World) -> tch::Device {
+    match device {
+        tch::Device::Cuda(_) if world.world_size > 1 => tch::Device::Cuda(world.local_rank),
+        other => other,
+    }
+}
+
+/// Intra-op threads per process: the recipe's threads split between the
+/// processes of this machine, at least one each.
+pub fn threads_of(threads: usize, world: &World) -> usize {
+    (threads / world.local_world_size.max(1)).max(1)
+}
+
+/// Runs `f` on the first process, then on the others once it has finished:
+/// for work whose result the first one leaves on disk (downloads, the token
+/// cache) so the others find it there instead of redoing it.
+pub fn first_then_others<T>(c: &dyn Collective, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if c.world_size() == 1 {
+        return f();
+    }
+    if c.rank() == 0 {
+        let out = f();
+        c.barrier()?;
+        out
+    } else {
+        c.barrier()?;
+        f()
     }
 }

@@ -147,14 +147,20 @@ pub enum Precision {
     Fp32,
     /// bfloat16 matmuls with float32 master weights, LayerNorm and loss (autocast).
     Bf16,
+    /// float16 matmuls (autocast) with float32 master weights and dynamic loss scaling.
+    Fp16,
+    /// bf16 where the device computes it natively, else fp32 (`crate::precision::choose`).
+    Auto,
 }
 
 impl Precision {
-    /// The dtype matmuls run in.
+    /// The dtype matmuls run in. `Auto` is resolved before anything computes
+    /// (`Recipe::precision`); on its own it means float32.
     pub fn compute_kind(self) -> tch::Kind {
         match self {
-            Precision::Fp32 => tch::Kind::Float,
+            Precision::Fp32 | Precision::Auto => tch::Kind::Float,
             Precision::Bf16 => tch::Kind::BFloat16,
+            Precision::Fp16 => tch::Kind::Half,
         }
     }
 }
@@ -186,6 +192,34 @@ pub struct TrainingSection {
     pub max_grad_norm: Option<f64>,
     /// Log a train-loss row every this many steps.
     pub log_every: u64,
+    /// Data-parallel settings, used when several processes run the recipe.
+    pub distributed: DistributedSection,
+}
+
+/// `training.distributed:` how processes talk when `runner launch`, torchrun
+/// or srun start several of them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedSection {
+    /// `auto` (NCCL on CUDA, Gloo on the CPU), `gloo` or `nccl`.
+    pub backend: DistBackend,
+    /// Seconds a collective may wait for the other processes before the run fails.
+    pub timeout_s: f64,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        DistributedSection { backend: DistBackend::Auto, timeout_s: 300.0 }
+    }
+}
+
+/// The c10d backend of the process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistBackend {
+    Auto,
+    Gloo,
+    Nccl,
 }
 
 impl Default for TrainingSection {
@@ -208,6 +242,7 @@ impl Default for TrainingSection {
             warmup_ratio: 0.0,
             max_grad_norm: Some(1.0),
             log_every: 10,
+            distributed: DistributedSection::default(),
         }
     }
 }

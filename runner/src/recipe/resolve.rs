@@ -37,6 +37,10 @@ pub struct Recipe {
     pub run_dir: PathBuf,
     pub device: tch::Device,
     pub threads: usize,
+    /// `training.precision`, with `auto` resolved for this machine.
+    pub precision: crate::recipe::raw::Precision,
+    /// Why `auto` chose what it did (empty when the recipe named a precision).
+    pub precision_reason: String,
     pub dataset: String,
     pub dataset_options: Options,
     pub train_path: PathBuf,
@@ -268,6 +272,14 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
         p.push("training.device", e);
         tch::Device::Cpu
     });
+    let (precision, precision_reason) = crate::precision::choose(t.precision, device);
+    let d = &t.distributed;
+    p.check(d.timeout_s > 0.0 && d.timeout_s.is_finite(), "training.distributed.timeout_s", || {
+        format!("must be a positive number of seconds, got {}", d.timeout_s)
+    });
+    if d.backend == crate::recipe::raw::DistBackend::Nccl && !device.is_cuda() {
+        p.push("training.distributed.backend", "nccl needs training.device: cuda (use gloo on the CPU)".to_string());
+    }
 
     // eval and metrics
     p.check(raw.eval.batch_size > 0, "eval.batch_size", || "must be positive".into());
@@ -299,6 +311,8 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
         source: source.to_path_buf(),
         device,
         threads,
+        precision,
+        precision_reason,
         dataset: raw.data.dataset.clone(),
         dataset_options: raw.data.options.clone(),
         train_path: raw.data.train.clone(),

@@ -22,6 +22,9 @@ pub struct Row {
     pub train_loss: Option<f64>,
     pub tokens_per_s: Option<f64>,
     pub elapsed_s: f64,
+    /// fp16: the loss scale after this step, and the steps skipped so far.
+    pub loss_scale: Option<f64>,
+    pub skipped_steps: Option<u64>,
     /// Eval metric values by name (`eval_loss`, `perplexity`, `accuracy`, ...).
     pub eval: BTreeMap<String, f64>,
 }
@@ -31,11 +34,19 @@ pub struct Row {
 pub struct MetricsTable {
     pub rows: Vec<Row>,
     eval_columns: Vec<String>,
+    /// Whether the table has `loss_scale` and `skipped_steps` columns (fp16).
+    loss_scale: bool,
 }
 
 impl MetricsTable {
     pub fn new(eval_columns: Vec<String>) -> Self {
-        MetricsTable { rows: Vec::new(), eval_columns }
+        MetricsTable { rows: Vec::new(), eval_columns, loss_scale: false }
+    }
+
+    /// Adds the `loss_scale` and `skipped_steps` columns when `on`.
+    pub fn with_loss_scale(mut self, on: bool) -> Self {
+        self.loss_scale = on;
+        self
     }
 
     pub fn push(&mut self, row: Row) {
@@ -44,6 +55,8 @@ impl MetricsTable {
             if last.step == row.step {
                 last.train_loss = last.train_loss.or(row.train_loss);
                 last.tokens_per_s = last.tokens_per_s.or(row.tokens_per_s);
+                last.loss_scale = last.loss_scale.or(row.loss_scale);
+                last.skipped_steps = last.skipped_steps.or(row.skipped_steps);
                 last.eval.extend(row.eval);
                 last.elapsed_s = last.elapsed_s.max(row.elapsed_s);
                 return;
@@ -66,6 +79,10 @@ impl MetricsTable {
         for name in names {
             let values: Vec<Option<f64>> = rows.iter().map(|r| r.eval.get(name).copied()).collect();
             cols.push(Column::new(name.as_str().into(), values));
+        }
+        if self.loss_scale {
+            cols.push(Column::new("loss_scale".into(), rows.iter().map(|r| r.loss_scale).collect::<Vec<Option<f64>>>()));
+            cols.push(Column::new("skipped_steps".into(), rows.iter().map(|r| r.skipped_steps).collect::<Vec<Option<u64>>>()));
         }
         cols.push(Column::new("tokens_per_s".into(), rows.iter().map(|r| r.tokens_per_s).collect::<Vec<Option<f64>>>()));
         cols.push(Column::new("elapsed_s".into(), rows.iter().map(|r| r.elapsed_s).collect::<Vec<f64>>()));
@@ -113,6 +130,9 @@ pub struct Summary {
     pub final_perplexity: Option<f64>,
     pub final_accuracy: Option<f64>,
     pub tokens_per_s: f64,
+    /// Data-parallel processes, and the share of training time they spent in all-reduce.
+    pub processes: usize,
+    pub allreduce_share: f64,
     pub elapsed_s: f64,
     pub checkpoint: String,
 }
@@ -138,6 +158,8 @@ impl Summary {
             "final_perplexity" => [s.final_perplexity],
             "final_accuracy" => [s.final_accuracy],
             "tokens_per_s" => [s.tokens_per_s],
+            "processes" => [s.processes as u64],
+            "allreduce_share" => [s.allreduce_share],
             "elapsed_s" => [s.elapsed_s],
             "checkpoint" => [s.checkpoint.as_str()],
         )?;

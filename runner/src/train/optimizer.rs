@@ -79,6 +79,11 @@ impl AdamW {
         Ok(())
     }
 
+    /// The parameters' gradients (undefined tensors where none was computed).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params.iter().map(|p| p.tensor.grad()).filter(|g| g.defined()).collect()
+    }
+
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             let mut g = p.tensor.grad();
