@@ -192,6 +192,30 @@ def line_by_line(args, start, steps=15, warmup=3):
     return out
 
 
+def data_parallel(args, docs, start, steps=15, warmup=3):
+    """MiniLM-L6, fp32, global batch 32: one process with every thread against
+    `runner launch` of one process per thread (micro-batch 32 / processes),
+    interleaved; tokens/s after warm-up (all processes together) and the share
+    of training time spent in all-reduce, medians over the repeats."""
+    import csv
+
+    procs = args.threads
+    runs = {1: [], procs: []}
+    for _ in range(args.repeats):
+        for n in runs:
+            recipe = runner_recipe(args, docs, f"{{checkpoint: {start}}}", 32 // n, warmup + steps, "fp32", name="dp")
+            cmd = [RUNNER, "run", recipe, "--overwrite"] if n == 1 else [RUNNER, "launch", "--nproc-per-node", str(n), recipe, "--overwrite"]
+            run_child(cmd)
+            rows = [r for r in csv.DictReader(open(os.path.join(args.tmp, "dp/metrics.csv"))) if r["train_loss"] and int(r["step"]) > warmup]
+            summary = json.load(open(os.path.join(args.tmp, "dp/summary.json")))
+            runs[n].append({"tokens_per_s": statistics.median(float(r["tokens_per_s"]) for r in rows),
+                            "allreduce_share": summary.get("allreduce_share", 0.0)})
+    return {str(n): {"processes": n, "threads_each": max(1, args.threads // n),
+                     "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+                     "tokens_per_s_all": [round(r["tokens_per_s"], 1) for r in rs],
+                     "allreduce_share": statistics.median(r["allreduce_share"] for r in rs)} for n, rs in runs.items()}
+
+
 def summarise(runs):
     """Median tokens/s and peak RSS over repeats; eval loss from the first run (deterministic)."""
     row = dict(runs[0])
@@ -238,6 +262,12 @@ def table(results):
         lbl = results["line_by_line"]
         lines += ["", f"Runner on WikiText-2 test lines (line_by_line, batch 32, fp32, real tokens/s, median step): "
                       f"{lbl['plain']:.0f} in random batches, {lbl['grouped']:.0f} with group_by_length ({lbl['grouped'] / lbl['plain']:.2f}x)"]
+    if results.get("data_parallel"):
+        dp = results["data_parallel"]
+        one, many = dp["1"], dp[str(max(int(k) for k in dp))]
+        lines += ["", f"Runner data parallel (MiniLM-L6, fp32, global batch 32, Gloo): {one['tokens_per_s']:.0f} tokens/s with 1 process x "
+                      f"{one['threads_each']} threads, {many['tokens_per_s']:.0f} with {many['processes']} processes x {many['threads_each']} thread "
+                      f"({many['tokens_per_s'] / one['tokens_per_s']:.2f}x), {100 * many['allreduce_share']:.1f}% of its training time in all-reduce"]
     return "\n".join(lines)
 
 
@@ -278,7 +308,23 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bert-base", action="store_true")
+    ap.add_argument("--data-parallel-only", action="store_true",
+                    help="only the runner's 1-process vs N-process case; results in bench/results/data-parallel.json")
     args = ap.parse_args()
+    if args.data_parallel_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.tmp = tmp
+            docs = split_documents(tmp)
+            start = os.path.join(tmp, "start")
+            run_child([sys.executable, PEERS, "--make-start", start, "--model", MODEL, "--tokenizer", MODEL])
+            dp = data_parallel(args, docs, start)
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        out = os.path.join(ROOT, "bench/results")
+        os.makedirs(out, exist_ok=True)
+        json.dump({"cpu": cpu, "threads": args.threads, "repeats": args.repeats, "data_parallel": dp},
+                  open(os.path.join(out, "data-parallel.json"), "w"), indent=1)
+        print(json.dumps(dp, indent=1))
+        return
     cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     results = {"cpu": re.sub(r"\s+\d+-Core Processor$", "", cpu), "threads": args.threads, "repeats": args.repeats,
                "steps": args.steps, "warmup": args.warmup, "rows": []}
@@ -316,6 +362,8 @@ def main():
                     results["rows"].append(r)
         results["startup"] = {"corpus": "python-docs, 3.2M tokens", **startup_seconds(args, {"train": DOCS, "eval": docs["eval"]}, start)}
         results["line_by_line"] = line_by_line(args, start)
+        if args.threads > 1:
+            results["data_parallel"] = data_parallel(args, docs, start)
     out = os.path.join(ROOT, "bench/results")
     os.makedirs(out, exist_ok=True)
     text = table(results)

@@ -87,3 +87,115 @@ macro_rules! contract {
             $($rest)*);
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use anyhow::Result;
+    use tch::{Device, Kind, Tensor};
+
+    use super::{Hook, Methods, Wrapped};
+    use crate::{Metric, MlmBatch, MlmModel, MlmOutput, Mode, ModelInfo, Parameter, VocabInfo};
+
+    /// Records which methods passed through it.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<BTreeSet<&'static str>>>);
+
+    impl Hook for Recorder {
+        fn call<T>(&self, method: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+            self.0.lock().unwrap().insert(method);
+            f()
+        }
+    }
+
+    struct Model;
+
+    impl MlmModel for Model {
+        fn forward_mlm(&self, _: &MlmBatch, _: Mode) -> Result<MlmOutput> {
+            let t = || Tensor::zeros([1], (Kind::Float, Device::Cpu));
+            Ok(MlmOutput { loss: t(), logits: t(), labels: t() })
+        }
+        fn logits(&self, ids: &Tensor, _: &Tensor) -> Result<Tensor> {
+            Ok(ids.shallow_clone())
+        }
+        fn parameters(&self) -> Result<Vec<Parameter>> {
+            Ok(vec![])
+        }
+        fn save_pretrained(&self, _: &Path) -> Result<()> {
+            Ok(())
+        }
+        fn info(&self) -> Result<ModelInfo> {
+            Ok(ModelInfo { device: Device::Cpu, vocab_size: 1, max_positions: 1, num_parameters: 0 })
+        }
+    }
+
+    /// A metric with the default `update_with_model`, `partial_sums` and `set_partial_sums`.
+    struct Count(f64);
+
+    impl Metric for Count {
+        fn reset(&mut self) -> Result<()> {
+            self.0 = 0.0;
+            Ok(())
+        }
+        fn update(&mut self, _: &MlmOutput) -> Result<()> {
+            self.0 += 1.0;
+            Ok(())
+        }
+        fn compute(&self) -> Result<BTreeMap<String, f64>> {
+            Ok(BTreeMap::from([("count".to_string(), self.0)]))
+        }
+    }
+
+    fn batch() -> MlmBatch {
+        let t = || Tensor::zeros([1, 1], (Kind::Int64, Device::Cpu));
+        MlmBatch { input_ids: t(), attention_mask: t(), labels: t() }
+    }
+
+    /// Calls every method of the model contract through a wrapper; every one
+    /// must reach the hook, and the list of methods must be the contract's.
+    #[test]
+    fn every_model_method_is_forwarded() {
+        let hook = Recorder::default();
+        let w: Box<dyn MlmModel> = Box::new(Wrapped { inner: Box::new(Model) as Box<dyn MlmModel>, hook: hook.clone() });
+        let ids = Tensor::zeros([1, 1], (Kind::Int64, Device::Cpu));
+        w.forward_mlm(&batch(), Mode::Train { dropout_key: 3 }).unwrap();
+        w.logits(&ids, &ids).unwrap();
+        w.parameters().unwrap();
+        w.save_pretrained(Path::new("/nonexistent")).unwrap();
+        w.info().unwrap();
+        let seen: Vec<&str> = hook.0.lock().unwrap().iter().copied().collect();
+        let mut all: Vec<&str> = <dyn MlmModel as Methods>::METHODS.to_vec();
+        all.sort();
+        assert_eq!(seen, all, "a method of MlmModel was not called here or not forwarded");
+    }
+
+    #[test]
+    fn every_metric_method_is_forwarded_defaults_included() {
+        let hook = Recorder::default();
+        let mut w: Box<dyn Metric> = Box::new(Wrapped { inner: Box::new(Count(0.0)) as Box<dyn Metric>, hook: hook.clone() });
+        let out = Model.forward_mlm(&batch(), Mode::Eval).unwrap();
+        w.reset().unwrap();
+        w.update(&out).unwrap();
+        assert_eq!(w.compute().unwrap()["count"], 1.0);
+        let vocab = VocabInfo {
+            vocab_size: 0,
+            mask_id: 0,
+            pad_id: 0,
+            cls_id: 0,
+            sep_id: 0,
+            is_special: vec![],
+            is_continuation: vec![],
+            tokens: vec![],
+        };
+        w.update_with_model(&Model, &[], &vocab).unwrap();
+        assert_eq!(w.partial_sums().unwrap(), None);
+        assert!(w.set_partial_sums(&[1.0]).is_err());
+        let seen: Vec<&str> = hook.0.lock().unwrap().iter().copied().collect();
+        let mut all: Vec<&str> = <dyn Metric as Methods>::METHODS.to_vec();
+        all.sort();
+        assert_eq!(seen, all, "a method of Metric was not called here or not forwarded");
+    }
+}
