@@ -2,6 +2,19 @@
 //! and the collectives the trainer needs ([`Collective`]), served by c10d's
 //! process groups (Gloo on the CPU, NCCL on CUDA) or, for one process, by
 //! [`Single`], which does nothing.
+//!
+//! - [`env`]: [`World::from_env`] (torchrun's or SLURM's variables) and
+//!   [`threads_per_rank`];
+//! - [`c10d`]: [`ProcessGroup`], the [`Collective`] over libtorch's c10d
+//!   (`cpp/c10d.cpp`; NCCL from `librunner_nccl.so`, `cpp/nccl.cpp`);
+//! - [`launch`]: `runner launch`, one worker process per local rank.
+
+pub mod c10d;
+pub mod env;
+pub mod launch;
+
+pub use c10d::{Backend, ProcessGroup};
+pub use env::threads_per_rank;
 
 use anyhow::Result;
 use tch::Tensor;
