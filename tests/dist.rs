@@ -82,6 +82,9 @@ fn peer() {
                 let waited = start.elapsed();
                 assert!(waited >= Duration::from_millis(1000), "the barrier returned after {waited:?}");
             }
+            // Gloo on the CPU never loads CUDA.
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            assert!(!maps.contains("libtorch_cuda") && !maps.contains("librunner_nccl"), "a Gloo run loaded CUDA");
             println!("rank {} done", world.rank);
         }
         "vanish" => {
@@ -150,6 +153,32 @@ fn a_rank_whose_peer_never_comes_fails_within_its_timeout() {
         assert!(took < timeout + Duration::from_secs(15), "rank {rank} took {took:?}: {err}");
         let expected = format!("rank {rank} of 2 could not form the gloo process group at 127.0.0.1:");
         assert!(err.contains(&expected) && err.contains("timeout 3s") && err.contains("TCPStore"), "{err}");
+    }
+}
+
+#[test]
+fn nccl_comes_from_its_own_library_and_needs_a_gpu() {
+    let world =
+        World { rank: 0, world_size: 1, local_rank: 0, local_world_size: 1, master_addr: "127.0.0.1".into(), master_port: free_port() };
+    let lib = Path::new(env!("CARGO_BIN_EXE_runner")).with_file_name("librunner_nccl.so");
+    match ProcessGroup::new(&world, Backend::Nccl, Duration::from_secs(20)) {
+        Ok(group) => {
+            // A machine with a GPU: one rank's sum is its own tensor.
+            let t = Tensor::from_slice(&[1.5f32, -2.0]).to_device(tch::Device::Cuda(0));
+            group.all_reduce_sum(&[t.shallow_clone()]).unwrap();
+            group.barrier().unwrap();
+            assert_eq!(Vec::<f32>::try_from(&t.to_device(tch::Device::Cpu)).unwrap(), vec![1.5, -2.0]);
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(e.contains("rank 0 of 1 could not form the nccl process group"), "{e}");
+            if lib.is_file() {
+                // Built (a CUDA wheel), loaded, called: no GPU here.
+                assert!(e.contains("NCCL needs a CUDA device, and none is visible"), "{e}");
+            } else {
+                assert!(e.contains("librunner_nccl.so, which was not found"), "{e}");
+            }
+        }
     }
 }
 

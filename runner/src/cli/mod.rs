@@ -65,19 +65,19 @@ pub struct SweepArgs {
 pub struct LaunchArgs {
     /// Worker processes on this machine (one per GPU on CUDA; the CPU cores
     /// are split between them on the CPU).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", alias = "nproc_per_node")]
     pub nproc_per_node: usize,
     /// Machines in the job; run `runner launch` once on each.
     #[arg(long, value_name = "M", default_value_t = 1)]
     pub nnodes: usize,
     /// This machine's place among them, 0 to M-1 (node 0 hosts the rendezvous).
-    #[arg(long, value_name = "R", default_value_t = 0)]
+    #[arg(long, value_name = "R", default_value_t = 0, alias = "node_rank")]
     pub node_rank: usize,
     /// Address of node 0 (default: 127.0.0.1; required with --nnodes above 1).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", alias = "master_addr")]
     pub master_addr: Option<String>,
     /// Rendezvous port on node 0 (default: a free port on one machine, 29500 on several).
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", alias = "master_port")]
     pub master_port: Option<u16>,
     /// The recipe YAML file every worker runs.
     pub recipe: PathBuf,
