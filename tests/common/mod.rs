@@ -24,13 +24,19 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
 }
 
-/// Runs `runner args...` from the repository root with `envs` set.
-pub fn runner_with(args: &[&str], envs: &[(&str, &str)]) -> Output {
+/// `runner args...` from the repository root, not yet started.
+pub fn runner_command(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
     c.args(args).current_dir(root()).env("RUST_LOG", "warn");
     for v in OUTSIDE {
         c.env_remove(v);
     }
+    c
+}
+
+/// Runs `runner args...` from the repository root with `envs` set.
+pub fn runner_with(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = runner_command(args);
     for (k, v) in envs {
         c.env(k, v);
     }

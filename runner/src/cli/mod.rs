@@ -1,6 +1,7 @@
 //! Command-line types (clap) and dispatch: one file per subcommand.
 
 pub mod fill_mask;
+mod launch;
 mod new_plugin;
 mod plugins;
 mod report;
@@ -59,6 +60,40 @@ pub struct SweepArgs {
     pub overwrite: bool,
 }
 
+/// Arguments of `runner launch`.
+#[derive(Debug, clap::Args)]
+pub struct LaunchArgs {
+    /// Worker processes on this machine (one per GPU on CUDA; the CPU cores
+    /// are split between them on the CPU).
+    #[arg(long, value_name = "N", alias = "nproc_per_node")]
+    pub nproc_per_node: usize,
+    /// Machines in the job; run `runner launch` once on each.
+    #[arg(long, value_name = "M", default_value_t = 1)]
+    pub nnodes: usize,
+    /// This machine's place among them, 0 to M-1 (node 0 hosts the rendezvous).
+    #[arg(long, value_name = "R", default_value_t = 0, alias = "node_rank")]
+    pub node_rank: usize,
+    /// Address of node 0 (default: 127.0.0.1; required with --nnodes above 1).
+    #[arg(long, value_name = "ADDR", alias = "master_addr")]
+    pub master_addr: Option<String>,
+    /// Rendezvous port on node 0 (default: a free port on one machine, 29500 on several).
+    #[arg(long, value_name = "PORT", alias = "master_port")]
+    pub master_port: Option<u16>,
+    /// The recipe YAML file every worker runs.
+    pub recipe: PathBuf,
+    /// Override a recipe field in every worker: --set training.lr=1e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = checked_override)]
+    pub overrides: Vec<String>,
+    /// Replace the results of an earlier run with the same name.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// An override as given, once it parses (the workers parse it again).
+fn checked_override(s: &str) -> Result<String, String> {
+    s.parse::<Override>().map(|_| s.to_string()).map_err(|e| format!("{e:#}"))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train (continue pretraining) as a recipe says; results go to results/<run>/.
@@ -69,6 +104,8 @@ pub enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Train with N data-parallel worker processes (`runner run` under torchrun's variables).
+    Launch(LaunchArgs),
     /// Check a recipe (keys, types, files, component names) without training.
     Validate {
         #[command(flatten)]
@@ -124,6 +161,7 @@ pub fn init_logging(verbose: bool) {
 
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Launch(args) => launch::launch(&args, cli.verbose),
         Command::Run { recipe, overwrite } => run::run(&recipe, overwrite),
         Command::Validate { recipe } => validate::validate(&recipe),
         Command::Sweep(args) => sweep::sweep(&args),

@@ -2,6 +2,19 @@
 //! and the collectives the trainer needs ([`Collective`]), served by c10d's
 //! process groups (Gloo on the CPU, NCCL on CUDA) or, for one process, by
 //! [`Single`], which does nothing.
+//!
+//! - [`env`]: [`World::from_env`] (torchrun's or SLURM's variables) and
+//!   [`threads_per_rank`];
+//! - [`c10d`]: [`ProcessGroup`], the [`Collective`] over libtorch's c10d
+//!   (`cpp/c10d.cpp`; NCCL from `librunner_nccl.so`, `cpp/nccl.cpp`);
+//! - [`launch`]: `runner launch`, one worker process per local rank.
+
+pub mod c10d;
+pub mod env;
+pub mod launch;
+
+pub use c10d::{Backend, ProcessGroup};
+pub use env::threads_per_rank;
 
 pub mod buckets;
 
@@ -67,13 +80,29 @@ impl Collective for Single {
 }
 
 /// Joins the job this process belongs to: torchrun's or SLURM's variables
-/// name it; without them the process trains alone.
+/// name it (`runner launch` sets torchrun's); without them, or with a world
+/// of one, the process trains alone.
 pub fn join(recipe: &crate::recipe::Recipe) -> Result<(World, Box<dyn Collective>)> {
-    let _ = recipe;
-    match std::env::var("WORLD_SIZE").ok().and_then(|w| w.parse::<usize>().ok()) {
-        Some(n) if n > 1 => anyhow::bail!("WORLD_SIZE={n}: process groups are not available in this build"),
-        _ => Ok((World::single(), Box::new(Single))),
+    let world = match World::from_env().map_err(crate::error::user)? {
+        Some(w) if w.world_size > 1 => w,
+        _ => return Ok((World::single(), Box::new(Single))),
+    };
+    let d = &recipe.raw.training.distributed;
+    let backend = match d.backend {
+        crate::recipe::raw::DistBackend::Gloo => Backend::Gloo,
+        crate::recipe::raw::DistBackend::Nccl => Backend::Nccl,
+        crate::recipe::raw::DistBackend::Auto if recipe.device.is_cuda() => Backend::Nccl,
+        crate::recipe::raw::DistBackend::Auto => Backend::Gloo,
+    };
+    if backend == Backend::Nccl {
+        crate::device::load_cuda();
     }
+    let timeout = std::time::Duration::from_secs_f64(d.timeout_s);
+    let group = ProcessGroup::new(&world, backend, timeout)?;
+    if world.is_main() {
+        tracing::info!("data parallel: {} processes over {backend}", world.world_size);
+    }
+    Ok((world, Box::new(group)))
 }
 
 /// The device this process trains on: on CUDA each process takes
@@ -88,7 +117,7 @@ pub fn device_of(device: tch::Device, world: &World) -> tch::Device {
 /// Intra-op threads per process: the recipe's threads split between the
 /// processes of this machine, at least one each.
 pub fn threads_of(threads: usize, world: &World) -> usize {
-    (threads / world.local_world_size.max(1)).max(1)
+    threads_per_rank(threads, world.local_world_size)
 }
 
 /// Runs `f` on the first process, then on the others once it has finished:

@@ -1,0 +1,353 @@
+//! Data-parallel plumbing: two processes form a Gloo process group over a
+//! TCPStore on 127.0.0.1 and all-reduce, broadcast and meet at a barrier; a
+//! rank whose peer never comes (or goes away) fails within its timeout with a
+//! clear message; `runner launch` reports a failing or killed worker by rank,
+//! passes Ctrl-C on, and never leaves a worker behind.
+//!
+//! The two-process tests start this test binary again, running only the
+//! ignored test `peer`, with `DIST_TEST_ROLE` saying what it does.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{runner, runner_command, stderr, stdout};
+use runner::dist::{Backend, Collective, ProcessGroup, World};
+use tch::{Kind, Tensor};
+
+const ROLE: &str = "DIST_TEST_ROLE";
+
+/// A port that is free now on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// Starts this test binary as rank `rank` of two, playing `role`.
+fn start_peer(role: &str, rank: usize, port: u16) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["peer", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", "2")
+        .env("LOCAL_RANK", rank.to_string())
+        .env("LOCAL_WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn both(out: &Output) -> String {
+    format!("{}{}", stdout(out), stderr(out))
+}
+
+/// One side of the two-process tests; does nothing unless started by them.
+#[test]
+#[ignore = "started by the two-process tests with DIST_TEST_ROLE set"]
+fn peer() {
+    let Ok(role) = std::env::var(ROLE) else { return };
+    let world = World::from_env().unwrap().expect("started with torchrun's variables");
+    let group = ProcessGroup::new(&world, Backend::Gloo, Duration::from_secs(30)).unwrap();
+    let rank = group.rank() as f64;
+    assert_eq!((group.rank(), group.world_size()), (world.rank, 2));
+    match role.as_str() {
+        "collectives" => {
+            // Several tensors, shapes and kinds in one call: each is summed on its own.
+            let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0]) * (rank + 1.0);
+            let b = Tensor::full([2, 2], world.rank as i64 + 10, (Kind::Int64, tch::Device::Cpu));
+            let c = Tensor::from_slice(&[0.5f64]) * rank;
+            group.all_reduce_sum(&[a.shallow_clone(), b.shallow_clone(), c.shallow_clone()]).unwrap();
+            assert_eq!(Vec::<f32>::try_from(&a).unwrap(), vec![3.0, 6.0, 9.0]);
+            assert_eq!(Vec::<i64>::try_from(&b.view(-1)).unwrap(), vec![21; 4]);
+            assert_eq!(Vec::<f64>::try_from(&c).unwrap(), vec![0.5]);
+
+            // Rank 1's values reach rank 0, in place.
+            let d = Tensor::full([3], rank * 10.0 + 1.0, (Kind::Float, tch::Device::Cpu));
+            let e = Tensor::from_slice(&[world.rank as i32 - 7]);
+            group.broadcast(&[d.shallow_clone(), e.shallow_clone()], 1).unwrap();
+            assert_eq!(Vec::<f32>::try_from(&d).unwrap(), vec![11.0; 3]);
+            assert_eq!(Vec::<i32>::try_from(&e).unwrap(), vec![-6]);
+
+            // The barrier holds rank 0 until rank 1, which comes late, arrives.
+            if world.rank == 1 {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            let start = Instant::now();
+            group.barrier().unwrap();
+            if world.rank == 0 {
+                let waited = start.elapsed();
+                assert!(waited >= Duration::from_millis(1000), "the barrier returned after {waited:?}");
+            }
+            // Gloo on the CPU never loads CUDA.
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            assert!(!maps.contains("libtorch_cuda") && !maps.contains("librunner_nccl"), "a Gloo run loaded CUDA");
+            println!("rank {} done", world.rank);
+        }
+        "vanish" => {
+            // Rank 1 joins, then dies before the first collective.
+            if world.rank == 1 {
+                std::process::exit(0);
+            }
+            let start = Instant::now();
+            let t = Tensor::ones([4], (Kind::Float, tch::Device::Cpu));
+            let err = group.all_reduce_sum(&[t]).expect_err("the peer is gone");
+            println!("rank 0 error after {:.1}s: {err:#}", start.elapsed().as_secs_f64());
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// Runs both ranks of `role` and returns their outputs (rank 0, rank 1).
+fn run_pair(role: &str) -> (Output, Output) {
+    let port = free_port();
+    let r0 = start_peer(role, 0, port);
+    let r1 = start_peer(role, 1, port);
+    (r0.wait_with_output().unwrap(), r1.wait_with_output().unwrap())
+}
+
+#[test]
+fn two_processes_all_reduce_broadcast_and_barrier_over_gloo() {
+    let (r0, r1) = run_pair("collectives");
+    assert!(r0.status.success(), "rank 0:\n{}", both(&r0));
+    assert!(r1.status.success(), "rank 1:\n{}", both(&r1));
+    assert!(stdout(&r0).contains("rank 0 done") && stdout(&r1).contains("rank 1 done"), "{}\n{}", both(&r0), both(&r1));
+}
+
+#[test]
+fn a_vanished_peer_is_an_error_not_a_hang() {
+    let start = Instant::now();
+    let (r0, r1) = run_pair("vanish");
+    assert!(r1.status.success(), "rank 1:\n{}", both(&r1));
+    assert!(r0.status.success(), "rank 0:\n{}", both(&r0));
+    let out = stdout(&r0);
+    assert!(out.contains("all_reduce_sum failed on rank 0 of 2 (gloo)"), "{out}");
+    assert!(start.elapsed() < Duration::from_secs(40), "took {:?}", start.elapsed());
+}
+
+/// Rank `rank` of two, alone: its peer never comes.
+fn alone(rank: usize, timeout: Duration) -> (String, Duration) {
+    let world = World {
+        rank,
+        world_size: 2,
+        local_rank: rank,
+        local_world_size: 2,
+        master_addr: "127.0.0.1".into(),
+        master_port: free_port(),
+    };
+    let start = Instant::now();
+    let err = ProcessGroup::new(&world, Backend::Gloo, timeout).err().expect("no peer: no group");
+    (format!("{err:#}"), start.elapsed())
+}
+
+#[test]
+fn a_rank_whose_peer_never_comes_fails_within_its_timeout() {
+    let timeout = Duration::from_secs(3);
+    // Rank 0 serves the store and waits for rank 1; rank 1 finds no store.
+    for rank in [0, 1] {
+        let (err, took) = alone(rank, timeout);
+        assert!(took >= Duration::from_millis(2500), "rank {rank} gave up after {took:?}: {err}");
+        assert!(took < timeout + Duration::from_secs(15), "rank {rank} took {took:?}: {err}");
+        let expected = format!("rank {rank} of 2 could not form the gloo process group at 127.0.0.1:");
+        assert!(err.contains(&expected) && err.contains("timeout 3s") && err.contains("TCPStore"), "{err}");
+    }
+}
+
+#[test]
+fn nccl_comes_from_its_own_library_and_needs_a_gpu() {
+    let world =
+        World { rank: 0, world_size: 1, local_rank: 0, local_world_size: 1, master_addr: "127.0.0.1".into(), master_port: free_port() };
+    let lib = Path::new(env!("CARGO_BIN_EXE_runner")).with_file_name("librunner_nccl.so");
+    match ProcessGroup::new(&world, Backend::Nccl, Duration::from_secs(20)) {
+        Ok(group) => {
+            // A machine with a GPU: one rank's sum is its own tensor.
+            let t = Tensor::from_slice(&[1.5f32, -2.0]).to_device(tch::Device::Cuda(0));
+            group.all_reduce_sum(&[t.shallow_clone()]).unwrap();
+            group.barrier().unwrap();
+            assert_eq!(Vec::<f32>::try_from(&t.to_device(tch::Device::Cpu)).unwrap(), vec![1.5, -2.0]);
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(e.contains("rank 0 of 1 could not form the nccl process group"), "{e}");
+            if lib.is_file() {
+                // Built (a CUDA wheel), loaded, called: no GPU here.
+                assert!(e.contains("NCCL needs a CUDA device, and none is visible"), "{e}");
+            } else {
+                assert!(e.contains("librunner_nccl.so, which was not found"), "{e}");
+            }
+        }
+    }
+}
+
+// ---- runner launch ----
+
+/// Pids of the live (not zombie) processes whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect::<Vec<_>>()) else { continue };
+        if rest.len() > 1 && rest[1] == parent.to_string() && rest[0] != "Z" {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether `pid` is still running (a zombie is not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next().map(|st| st != "Z")))
+        .unwrap_or(false)
+}
+
+/// The RANK a process was started with.
+fn rank_of(pid: u32) -> Option<usize> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0).find_map(|kv| kv.strip_prefix(b"RANK=").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()))
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a process this test started (or its child).
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill {pid}");
+}
+
+/// `runner launch --nproc-per-node 2` on the tiny recipe, training far longer
+/// than any test waits; started, with its two workers running.
+fn start_long_launch(out: &Path) -> (Child, Vec<u32>) {
+    let dir = format!("run.output_dir={}", out.display());
+    let mut launcher = runner_command(&[
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "tests/recipes/tiny.yaml",
+        "--set",
+        &dir,
+        "--set",
+        "training.max_steps=1000000",
+        "--set",
+        "eval.every=1000000",
+        "--overwrite",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = launcher.id();
+    let mut workers = Vec::new();
+    wait_until("two workers", Duration::from_secs(30), || {
+        workers = children(pid);
+        workers.len() == 2 || launcher.try_wait().unwrap().is_some()
+    });
+    assert_eq!(workers.len(), 2, "the launcher ended early: {:?}", launcher.try_wait());
+    // Let them get into training.
+    std::thread::sleep(Duration::from_secs(2));
+    (launcher, workers)
+}
+
+fn wait_with_limit(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        signal(pid, libc::SIGKILL);
+        panic!("the launcher did not end within {limit:?}")
+    })
+}
+
+#[test]
+fn launch_names_the_rank_whose_worker_was_killed_and_stops_the_others() {
+    let out = tempfile::tempdir().unwrap();
+    let (launcher, workers) = start_long_launch(out.path());
+    let victim = *workers.iter().find(|p| rank_of(**p) == Some(1)).expect("a worker with RANK=1");
+    signal(victim, libc::SIGKILL);
+    let o = wait_with_limit(launcher, Duration::from_secs(30));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("error: rank 1 was killed by signal 9 (SIGKILL); the other workers were stopped"), "{err}");
+    for w in workers {
+        assert!(!alive(w), "worker {w} outlived the launcher");
+    }
+}
+
+#[test]
+fn launch_passes_on_the_failing_workers_exit_code() {
+    let o = runner(&["launch", "--nproc-per-node", "2", "tests/recipes/no-such-recipe.yaml"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("exited with code 2; the other workers were stopped"), "{err}");
+    // Each worker's own message, passed through with its rank, and quoted in the report.
+    assert!(err.contains("[rank 0] error:") && err.contains("[rank 1] error:"), "{err}");
+    assert!(err.contains("stderr:\n  error:") && err.contains("no-such-recipe.yaml"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn launch_forwards_ctrl_c_and_exits_130() {
+    let out = tempfile::tempdir().unwrap();
+    let (launcher, workers) = start_long_launch(out.path());
+    signal(launcher.id(), libc::SIGINT);
+    let o = wait_with_limit(launcher, Duration::from_secs(30));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    for w in workers {
+        assert!(!alive(w), "worker {w} outlived the launcher");
+    }
+}
+
+#[test]
+fn workers_die_with_a_killed_launcher() {
+    let out = tempfile::tempdir().unwrap();
+    let (launcher, workers) = start_long_launch(out.path());
+    signal(launcher.id(), libc::SIGKILL);
+    let _ = wait_with_limit(launcher, Duration::from_secs(30));
+    wait_until("the workers to die with the launcher", Duration::from_secs(10), || workers.iter().all(|w| !alive(*w)));
+}
+
+#[test]
+fn launch_runs_every_worker_to_the_end() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = format!("run.output_dir={}", out.path().display());
+    let o = runner(&[
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "tests/recipes/tiny.yaml",
+        "--set",
+        &dir,
+        "--set",
+        "training.max_steps=2",
+        "--set",
+        "eval.every=1000",
+        "--overwrite",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Rank 0's stdout is passed through as is.
+    let s = stdout(&o);
+    assert!(s.lines().any(|l| l.starts_with("run `tiny` finished: 2 steps")), "{s}");
+}
+
+#[test]
+fn launch_flags_are_checked() {
+    let o = runner(&["launch", "--nproc-per-node", "2", "--nnodes", "2", "tests/recipes/tiny.yaml"]);
+    common::assert_error(&o, 2, &["--master-addr is required"]);
+    let o = runner(&["launch", "--nproc-per-node", "0", "tests/recipes/tiny.yaml"]);
+    common::assert_error(&o, 2, &["--nproc-per-node must be at least 1"]);
+    let o = runner(&["launch", "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "2", "--master-addr", "h", "x.yaml"]);
+    common::assert_error(&o, 2, &["--node-rank 2 must be below --nnodes 2"]);
+}
