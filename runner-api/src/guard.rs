@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::{
-    Component, ComponentKind, Dataset, Document, Factory, MaskedSequence, Masker, MaskingRates, Metric, MlmBatch,
+    Component, ComponentKind, Dataset, Document, Documents, Factory, MaskedSequence, Masker, MaskingRates, Metric, MlmBatch,
     MlmModel, MlmOutput, ModelInfo, ModelSource, Options, ParamDoc, Parameter, RngCore, VocabInfo,
 };
 
@@ -38,18 +38,13 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
     }
 }
 
+fn panicked(who: &Who, call: &str, payload: Box<dyn Any + Send>) -> anyhow::Error {
+    anyhow::anyhow!("plugin `{}` panicked in {} `{}` ({call}): {}", who.plugin, who.kind, who.name, panic_message(payload))
+}
+
 /// Runs `f`, turning a panic into an error naming the plugin and component.
 pub fn guard<T>(who: &Who, call: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(result) => result,
-        Err(payload) => Err(anyhow::anyhow!(
-            "plugin `{}` panicked in {} `{}` ({call}): {}",
-            who.plugin,
-            who.kind,
-            who.name,
-            panic_message(payload)
-        )),
-    }
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(panicked(who, call, payload)))
 }
 
 struct GuardedDataset {
@@ -58,8 +53,30 @@ struct GuardedDataset {
 }
 
 impl Dataset for GuardedDataset {
-    fn read(&self, path: &Path) -> Result<Vec<Document>> {
-        guard(&self.who, "read", || self.inner.read(path))
+    fn read<'a>(&'a self, path: &Path) -> Result<Documents<'a>> {
+        let inner = guard(&self.who, "read", || self.inner.read(path))?;
+        Ok(Box::new(GuardedDocuments { inner, who: &self.who, done: false }))
+    }
+}
+
+/// A plugin's document stream: each `next` runs under the guard; after a
+/// panic the stream ends.
+struct GuardedDocuments<'a> {
+    inner: Documents<'a>,
+    who: &'a Who,
+    done: bool,
+}
+
+impl Iterator for GuardedDocuments<'_> {
+    type Item = Result<Document>;
+    fn next(&mut self) -> Option<Result<Document>> {
+        if self.done {
+            return None;
+        }
+        catch_unwind(AssertUnwindSafe(|| self.inner.next())).unwrap_or_else(|payload| {
+            self.done = true;
+            Some(Err(panicked(self.who, "read: next document", payload)))
+        })
     }
 }
 
