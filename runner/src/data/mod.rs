@@ -7,6 +7,8 @@ pub mod batches;
 pub mod cache;
 pub mod examples;
 pub mod prepare;
+#[cfg(test)]
+mod reference;
 pub mod stats;
 pub mod store;
 pub mod tokenizer;
