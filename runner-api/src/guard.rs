@@ -205,6 +205,30 @@ mod tests {
         panic!("corpus on fire")
     }
 
+    struct PanickingStream;
+    impl Dataset for PanickingStream {
+        fn read<'a>(&'a self, _: &Path) -> Result<Documents<'a>> {
+            Ok(Box::new((0..3).map(|i| if i < 1 { Ok(vec!["fine".to_string()]) } else { panic!("document {i} on fire") })))
+        }
+    }
+
+    #[test]
+    fn a_panic_while_streaming_documents_ends_the_stream_with_an_error() {
+        let r = Registered::new(
+            "demo",
+            Component { name: "stream", doc: "", params: vec![], check: crate::no_options, factory: Factory::Dataset(|_| Ok(Box::new(PanickingStream))) },
+        );
+        let Builder::Dataset(build) = &r.builder else { panic!("dataset builder expected") };
+        let dataset = build(&Options::new()).unwrap();
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let items: Vec<Result<Document>> = dataset.read(Path::new("x")).unwrap().collect();
+        std::panic::set_hook(prev);
+        assert_eq!(items.len(), 2, "one document, then the error, then the end");
+        let err = items[1].as_ref().err().expect("the panic is an error").to_string();
+        assert!(err.contains("plugin `demo` panicked in dataset `stream` (read: next document): document 1 on fire"), "{err}");
+    }
+
     #[test]
     fn a_panic_in_a_factory_becomes_an_error_naming_the_plugin() {
         let r = Registered::new(

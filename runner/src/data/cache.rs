@@ -228,7 +228,7 @@ mod tests {
 
     /// Builds a two-document store; counts the builds.
     fn builder(builds: &AtomicUsize) -> impl FnOnce(&Path) -> Result<()> + '_ {
-        move |dir| {
+        move |dir: &Path| {
             builds.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(50));
             let mut counts = Vec::new();

@@ -202,7 +202,7 @@ fn tokenize_documents(docs: &[Document], tok: &Tokenizer) -> Result<Vec<Vec<Vec<
                         .map(|e| e.get_ids().to_vec())
                         .map_err(|e| anyhow::anyhow!("tokenizer failed on a line: {e}"))
                 })
-                .collect()
+                .collect::<Result<Vec<Vec<u32>>>>()
         })
         .collect()
 }

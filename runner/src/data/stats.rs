@@ -23,7 +23,7 @@ impl Histogram {
     /// One row per non-empty bucket: range, count, a bar.
     fn render(&self, out: &mut String) {
         let max = self.0.iter().copied().max().unwrap_or(0).max(1);
-        for (b, &n) in self.0.iter().enumerate().filter(|(_, &n)| n > 0) {
+        for (b, &n) in self.0.iter().enumerate().filter(|(_, n)| **n > 0) {
             let (lo, hi) = (if b == 0 { 0 } else { 1u64 << b }, (1u64 << (b + 1)) - 1);
             let bar = "#".repeat(((n as f64 / max as f64) * 40.0).ceil() as usize);
             let _ = writeln!(out, "    {lo:>7} - {hi:<7} {n:>10}  {bar}");

@@ -209,7 +209,7 @@ impl SplitReader {
         Ok(r)
     }
 
-    /// The next document's lines (`count` documents were written).
+    /// The next document's lines (call it as many times as documents were written).
     pub fn next_document(&mut self) -> Result<Vec<Vec<u32>>> {
         let line_end = read_u64(&mut self.docs)?;
         let mut lines = Vec::with_capacity((line_end - self.line_at) as usize);
