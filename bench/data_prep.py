@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNNER = ROOT / "target/release/runner"
+RUNNER = Path(os.environ.get("RUNNER_BIN", ROOT / "target/release/runner"))
 MODEL = ROOT / "data/models/all-minilm-l6-v2"
 DOCS = ROOT / "data/python-docs"
 
