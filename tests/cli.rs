@@ -164,30 +164,53 @@ fn shipped_recipes_validate() {
 }
 
 #[test]
-fn a_second_run_maps_its_examples_from_the_token_cache() {
+fn a_second_run_maps_its_examples_from_the_token_store() {
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let run = |name: &str| {
-        let dir = format!("run.output_dir={}", out.path().display());
-        let name = format!("run.name={name}");
+    let command = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_runner"))
-            .args(["run", "tests/recipes/tiny.yaml", "--set", &dir, "--set", &name])
+            .args(args)
             .current_dir(root())
             .env("RUST_LOG", "info")
             .env("RUNNER_CACHE_DIR", cache.path())
             .output()
             .unwrap()
     };
+    let run = |name: &str| {
+        let dir = format!("run.output_dir={}", out.path().display());
+        let name = format!("run.name={name}");
+        command(&["run", "tests/recipes/tiny.yaml", "--set", &dir, "--set", &name])
+    };
     let first = run("first");
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(stderr(&first).contains("read and tokenized"), "{}", stderr(&first));
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1, "one cache file");
+    let stores: Vec<PathBuf> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    assert_eq!(stores.len(), 1, "one store: {stores:?}");
+    assert!(stores[0].join("manifest.json").is_file() && stores[0].join("train.tokens").is_file());
     let second = run("second");
     assert!(second.status.success(), "{}", stderr(&second));
-    assert!(stderr(&second).contains("mapped from the token cache"), "{}", stderr(&second));
+    assert!(!stderr(&second).contains("read and tokenized"), "{}", stderr(&second));
+    assert!(stderr(&second).contains("mapped from the token store"), "{}", stderr(&second));
     let metrics = |n: &str| {
         let df = read_csv(&out.path().join(n).join("metrics.csv"));
         (column(&df, "train_loss"), column(&df, "eval_loss"))
     };
-    assert_eq!(metrics("first"), metrics("second"), "cached examples train exactly like fresh ones");
+    assert_eq!(metrics("first"), metrics("second"), "mapped examples train exactly like fresh ones");
+
+    // Another length and example mode: views over the same store, nothing tokenized again.
+    let o = command(&["data", "stats", "tests/recipes/tiny.yaml", "--set", "data.examples=line_by_line", "--set", "data.max_seq_len=16"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("read and tokenized"), "{}", stderr(&o));
+    assert!(stdout.contains("line examples of at most 16 tokens") && stdout.contains("document length (tokens)"), "{stdout}");
+
+    // A store cut short is reported and rebuilt, by `data prepare` here.
+    std::fs::write(stores[0].join("train.tokens"), b"").unwrap();
+    let o = command(&["data", "prepare", "tests/recipes/tiny.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is broken and will be rebuilt") && stderr(&o).contains("read and tokenized"), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&stores[0].display().to_string()));
+    let third = run("third");
+    assert!(third.status.success(), "{}", stderr(&third));
+    assert_eq!(metrics("third"), metrics("first"), "a rebuilt store trains the same");
 }

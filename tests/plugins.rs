@@ -108,6 +108,7 @@ fn a_scaffolded_plugin_builds_and_loads() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("legal-domain-long-words") && out.contains("min_chars"), "{out}");
+    assert!(out.contains("legal-domain-records"), "the scaffold has a streamed dataset: {out}");
 }
 
 #[test]

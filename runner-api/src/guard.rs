@@ -16,8 +16,8 @@ use anyhow::Result;
 
 use crate::wrap::{Hook, Wrapped};
 use crate::{
-    Component, ComponentKind, Dataset, Document, Factory, MaskedSequence, Masker, MaskingRates, Metric, MlmModel,
-    ModelSource, Options, ParamDoc, RngCore, VocabInfo,
+    Component, ComponentKind, Dataset, Document, Documents, Factory, MaskedSequence, Masker, MaskingRates, Metric,
+    MlmModel, ModelSource, Options, ParamDoc, RngCore, VocabInfo,
 };
 
 /// Which component a call belongs to, for error messages.
@@ -38,18 +38,13 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
     }
 }
 
+fn panicked(who: &Who, call: &str, payload: Box<dyn Any + Send>) -> anyhow::Error {
+    anyhow::anyhow!("plugin `{}` panicked in {} `{}` ({call}): {}", who.plugin, who.kind, who.name, panic_message(payload))
+}
+
 /// Runs `f`, turning a panic into an error naming the plugin and component.
 pub fn guard<T>(who: &Who, call: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(result) => result,
-        Err(payload) => Err(anyhow::anyhow!(
-            "plugin `{}` panicked in {} `{}` ({call}): {}",
-            who.plugin,
-            who.kind,
-            who.name,
-            panic_message(payload)
-        )),
-    }
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(panicked(who, call, payload)))
 }
 
 struct GuardedDataset {
@@ -58,8 +53,30 @@ struct GuardedDataset {
 }
 
 impl Dataset for GuardedDataset {
-    fn read(&self, path: &Path) -> Result<Vec<Document>> {
-        guard(&self.who, "read", || self.inner.read(path))
+    fn read<'a>(&'a self, path: &Path) -> Result<Documents<'a>> {
+        let inner = guard(&self.who, "read", || self.inner.read(path))?;
+        Ok(Box::new(GuardedDocuments { inner, who: &self.who, done: false }))
+    }
+}
+
+/// A plugin's document stream: each `next` runs under the guard; after a
+/// panic the stream ends.
+struct GuardedDocuments<'a> {
+    inner: Documents<'a>,
+    who: &'a Who,
+    done: bool,
+}
+
+impl Iterator for GuardedDocuments<'_> {
+    type Item = Result<Document>;
+    fn next(&mut self) -> Option<Result<Document>> {
+        if self.done {
+            return None;
+        }
+        catch_unwind(AssertUnwindSafe(|| self.inner.next())).unwrap_or_else(|payload| {
+            self.done = true;
+            Some(Err(panicked(self.who, "read: next document", payload)))
+        })
     }
 }
 
@@ -152,6 +169,30 @@ mod tests {
 
     fn panicking_dataset(_: &Options) -> Result<Box<dyn Dataset>> {
         panic!("corpus on fire")
+    }
+
+    struct PanickingStream;
+    impl Dataset for PanickingStream {
+        fn read<'a>(&'a self, _: &Path) -> Result<Documents<'a>> {
+            Ok(Box::new((0..3).map(|i| if i < 1 { Ok(vec!["fine".to_string()]) } else { panic!("document {i} on fire") })))
+        }
+    }
+
+    #[test]
+    fn a_panic_while_streaming_documents_ends_the_stream_with_an_error() {
+        let r = Registered::new(
+            "demo",
+            Component { name: "stream", doc: "", params: vec![], check: crate::no_options, factory: Factory::Dataset(|_| Ok(Box::new(PanickingStream))) },
+        );
+        let Builder::Dataset(build) = &r.builder else { panic!("dataset builder expected") };
+        let dataset = build(&Options::new()).unwrap();
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let items: Vec<Result<Document>> = dataset.read(Path::new("x")).unwrap().collect();
+        std::panic::set_hook(prev);
+        assert_eq!(items.len(), 2, "one document, then the error, then the end");
+        let err = items[1].as_ref().err().expect("the panic is an error").to_string();
+        assert!(err.contains("plugin `demo` panicked in dataset `stream` (read: next document): document 1 on fire"), "{err}");
     }
 
     #[test]

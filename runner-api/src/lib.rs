@@ -94,10 +94,17 @@ pub fn parse_options<T: DeserializeOwned>(options: &Options) -> Result<T> {
 /// document run into the next without a separator.
 pub type Document = Vec<String>;
 
-/// Reads a corpus from a path into documents.
+/// Documents one at a time, in a stable order. An `Err` item ends the stream.
+pub type Documents<'a> = Box<dyn Iterator<Item = Result<Document>> + Send + 'a>;
+
+/// Streams a corpus from a path as documents.
 pub trait Dataset: Send + Sync {
-    /// Reads every document under `path` (a file or a directory, as the dataset defines).
-    fn read(&self, path: &Path) -> Result<Vec<Document>>;
+    /// Every document under `path` (a file or a directory, as the dataset
+    /// defines), in a stable order. Corpora may be larger than memory: the
+    /// iterator should hold no more than it needs for its next document (a
+    /// line, a file, a parquet row group), never the whole corpus. Problems
+    /// found before reading (no such path) are the outer `Err`.
+    fn read<'a>(&'a self, path: &Path) -> Result<Documents<'a>>;
 }
 
 // ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use libloading::Library;
 use runner_api::guard::Builder;
 use runner_api::wrap::{Hook, Wrapped};
 use runner_api::{
-    ComponentKind, Dataset, Document, MaskedSequence, Masker, MaskingRates, Metric, MlmModel, ModelSource, Options,
+    ComponentKind, Dataset, Documents, MaskedSequence, Masker, MaskingRates, Metric, MlmModel, ModelSource, Options,
     RngCore, VocabInfo,
 };
 
@@ -36,8 +36,10 @@ fn rehome(e: anyhow::Error) -> anyhow::Error {
 }
 
 impl Dataset for Bound<dyn Dataset> {
-    fn read(&self, path: &Path) -> Result<Vec<Document>> {
-        self.inner.read(path).map_err(rehome)
+    /// The stream borrows `self`, so the library outlives it too.
+    fn read<'a>(&'a self, path: &Path) -> Result<Documents<'a>> {
+        let docs = self.inner.read(path).map_err(rehome)?;
+        Ok(Box::new(docs.map(|d| d.map_err(rehome))))
     }
 }
 

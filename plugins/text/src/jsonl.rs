@@ -2,12 +2,13 @@
 //! per line, one document per record, the text taken from a named field.
 //! Lines within the text become the document's lines; blank ones are skipped.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use runner_api::{Dataset, Document};
+use runner_api::{Dataset, Document, Documents};
 
 use crate::{DocumentBoundary, TextDataset, TextOptions};
 
@@ -33,28 +34,63 @@ pub struct JsonlDataset {
     pub opts: JsonlOptions,
 }
 
+impl JsonlDataset {
+    /// One record's document (`None` when its text has no non-blank line).
+    fn document(&self, file: &Path, n: usize, line: &str) -> Result<Option<Document>> {
+        let record: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{n}: not a JSON object", file.display()))?;
+        let Some(field) = record.get(&self.opts.text_field) else {
+            bail!("{}:{n}: no `{}` field (set data.options.text_field)", file.display(), self.opts.text_field);
+        };
+        let Some(body) = field.as_str() else {
+            bail!("{}:{n}: `{}` is not a string", file.display(), self.opts.text_field);
+        };
+        let doc: Document = body.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+        Ok((!doc.is_empty()).then_some(doc))
+    }
+}
+
 impl Dataset for JsonlDataset {
-    fn read(&self, path: &Path) -> Result<Vec<Document>> {
+    fn read<'a>(&'a self, path: &Path) -> Result<Documents<'a>> {
         let lister = TextDataset::new(TextOptions { documents: DocumentBoundary::File, suffix: Some(self.opts.suffix.clone()) });
-        let mut docs = Vec::new();
-        for file in lister.files(path)? {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {} as UTF-8", file.display()))?;
-            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let record: serde_json::Value = serde_json::from_str(line)
-                    .with_context(|| format!("{}:{}: not a JSON object", file.display(), n + 1))?;
-                let Some(field) = record.get(&self.opts.text_field) else {
-                    bail!("{}:{}: no `{}` field (set data.options.text_field)", file.display(), n + 1, self.opts.text_field);
-                };
-                let Some(body) = field.as_str() else {
-                    bail!("{}:{}: `{}` is not a string", file.display(), n + 1, self.opts.text_field);
-                };
-                let doc: Document = body.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
-                if !doc.is_empty() {
-                    docs.push(doc);
+        let files = lister.files(path)?;
+        // One record in memory at a time: files are read line by line.
+        let records = files.into_iter().flat_map(|file| {
+            let lines: Box<dyn Iterator<Item = Result<(usize, String)>> + Send> = match std::fs::File::open(&file) {
+                Ok(f) => {
+                    let name = file.clone();
+                    Box::new(BufReader::with_capacity(1 << 20, f).lines().enumerate().map(move |(n, l)| {
+                        l.map(|l| (n + 1, l)).with_context(|| format!("cannot read {} as UTF-8", name.display()))
+                    }))
                 }
-            }
+                Err(e) => Box::new(std::iter::once(Err(anyhow::Error::new(e).context(format!("cannot read {}", file.display()))))),
+            };
+            lines.map(move |l| l.map(|(n, line)| (file.clone(), n, line)))
+        });
+        let docs = records.filter_map(move |r| match r {
+            Ok((file, n, line)) if !line.trim().is_empty() => self.document(&file, n, &line).transpose(),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        });
+        Ok(Box::new(StopAtError { inner: docs, failed: false }))
+    }
+}
+
+/// Ends a stream after its first error.
+pub struct StopAtError<I> {
+    pub inner: I,
+    pub failed: bool,
+}
+
+impl<I: Iterator<Item = Result<Document>>> Iterator for StopAtError<I> {
+    type Item = Result<Document>;
+    fn next(&mut self) -> Option<Result<Document>> {
+        if self.failed {
+            return None;
         }
-        Ok(docs)
+        let item = self.inner.next();
+        self.failed = matches!(item, Some(Err(_)));
+        item
     }
 }
 
@@ -68,9 +104,12 @@ mod tests {
         let f = dir.path().join("a.jsonl");
         std::fs::write(&f, "{\"body\": \"one\\ntwo\", \"id\": 1}\n\n{\"body\": \"three\"}\n").unwrap();
         let ds = JsonlDataset { opts: JsonlOptions { text_field: "body".into(), suffix: ".jsonl".into() } };
-        assert_eq!(ds.read(&f).unwrap(), vec![vec!["one".to_string(), "two".into()], vec!["three".into()]]);
+        let docs: Vec<Document> = ds.read(&f).unwrap().collect::<Result<_>>().unwrap();
+        assert_eq!(docs, vec![vec!["one".to_string(), "two".into()], vec!["three".into()]]);
         let ds = JsonlDataset { opts: JsonlOptions { text_field: "text".into(), suffix: ".jsonl".into() } };
-        let err = ds.read(&f).unwrap_err().to_string();
+        let mut docs = ds.read(&f).unwrap();
+        let err = docs.next().unwrap().unwrap_err().to_string();
+        assert!(docs.next().is_none(), "the stream ends at its first error");
         assert!(err.contains("a.jsonl:1: no `text` field"), "{err}");
     }
 }

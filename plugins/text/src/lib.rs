@@ -14,12 +14,13 @@ pub mod jsonl;
 
 pub mod parquet;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use runner_api::{parse_options, Component, Dataset, Document, Factory, Options, ParamDoc, Registrar};
+use runner_api::{parse_options, Component, Dataset, Document, Documents, Factory, Options, ParamDoc, Registrar};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -90,39 +91,124 @@ impl TextDataset {
 
     /// Splits one file's text into documents.
     pub fn split(&self, text: &str) -> Vec<Document> {
-        let mut docs = Vec::new();
-        let mut doc: Document = Vec::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() {
-                if self.opts.documents == DocumentBoundary::BlankLine && !doc.is_empty() {
-                    docs.push(std::mem::take(&mut doc));
-                }
-                continue;
-            }
-            doc.push(line.to_string());
-            if self.opts.documents == DocumentBoundary::Line {
-                docs.push(std::mem::take(&mut doc));
-            }
-        }
-        if !doc.is_empty() {
-            docs.push(doc);
-        }
+        let mut splitter = Splitter::new(self.opts.documents);
+        let mut docs: Vec<Document> = text.lines().filter_map(|line| splitter.push(line)).collect();
+        docs.extend(splitter.finish());
         docs
     }
 }
 
-impl Dataset for TextDataset {
-    fn read(&self, path: &Path) -> Result<Vec<Document>> {
-        let mut docs = Vec::new();
-        for file in self.files(path)? {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let text = String::from_utf8(bytes).map_err(|e| {
-                anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", file.display(), e.utf8_error().valid_up_to())
-            })?;
-            docs.extend(self.split(&text));
+/// Cuts a stream of lines into documents, one line at a time: lines are
+/// trimmed, blank ones skipped (and, for `blank_line`, end a document).
+pub struct Splitter {
+    boundary: DocumentBoundary,
+    doc: Document,
+}
+
+impl Splitter {
+    pub fn new(boundary: DocumentBoundary) -> Self {
+        Splitter { boundary, doc: Vec::new() }
+    }
+
+    /// Takes the next line; returns a document when this line ends one.
+    pub fn push(&mut self, line: &str) -> Option<Document> {
+        let line = line.trim();
+        if line.is_empty() {
+            let ends = self.boundary == DocumentBoundary::BlankLine && !self.doc.is_empty();
+            return ends.then(|| std::mem::take(&mut self.doc));
         }
-        Ok(docs)
+        self.doc.push(line.to_string());
+        (self.boundary == DocumentBoundary::Line).then(|| std::mem::take(&mut self.doc))
+    }
+
+    /// The end of the text: the last document, if it has lines.
+    pub fn finish(&mut self) -> Option<Document> {
+        (!self.doc.is_empty()).then(|| std::mem::take(&mut self.doc))
+    }
+}
+
+/// One open text file, read a line at a time.
+struct OpenFile {
+    path: PathBuf,
+    reader: BufReader<std::fs::File>,
+    /// Bytes read so far, for the offset of an invalid byte.
+    offset: usize,
+    line: Vec<u8>,
+}
+
+impl OpenFile {
+    fn open(path: PathBuf) -> Result<Self> {
+        let file = std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(OpenFile { path, reader: BufReader::with_capacity(1 << 20, file), offset: 0, line: Vec::new() })
+    }
+
+    /// The next line without its newline, or `None` at the end of the file.
+    fn next_line(&mut self) -> Result<Option<&str>> {
+        self.line.clear();
+        let n = self.reader.read_until(b'\n', &mut self.line).with_context(|| format!("cannot read {}", self.path.display()))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let start = self.offset;
+        self.offset += n;
+        let text = std::str::from_utf8(&self.line).map_err(|e| {
+            anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", self.path.display(), start + e.valid_up_to())
+        })?;
+        Ok(Some(text.strip_suffix('\n').unwrap_or(text)))
+    }
+}
+
+/// The documents of a list of files, streamed: one line in memory at a time,
+/// plus the document being gathered. A document never spans two files.
+struct TextDocuments {
+    files: std::vec::IntoIter<PathBuf>,
+    current: Option<OpenFile>,
+    splitter: Splitter,
+}
+
+impl TextDocuments {
+    fn step(&mut self) -> Result<Option<Document>> {
+        loop {
+            let Some(file) = self.current.as_mut() else {
+                match self.files.next() {
+                    Some(path) => self.current = Some(OpenFile::open(path)?),
+                    None => return Ok(None),
+                }
+                continue;
+            };
+            match file.next_line()? {
+                Some(line) => {
+                    if let Some(doc) = self.splitter.push(line) {
+                        return Ok(Some(doc));
+                    }
+                }
+                None => {
+                    self.current = None;
+                    if let Some(doc) = self.splitter.finish() {
+                        return Ok(Some(doc));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for TextDocuments {
+    type Item = Result<Document>;
+    fn next(&mut self) -> Option<Result<Document>> {
+        let item = self.step().transpose();
+        if matches!(item, Some(Err(_))) {
+            self.files = Vec::new().into_iter();
+            self.current = None;
+        }
+        item
+    }
+}
+
+impl Dataset for TextDataset {
+    fn read<'a>(&'a self, path: &Path) -> Result<Documents<'a>> {
+        let files = self.files(path)?;
+        Ok(Box::new(TextDocuments { files: files.into_iter(), current: None, splitter: Splitter::new(self.opts.documents) }))
     }
 }
 
@@ -178,9 +264,28 @@ mod tests {
         std::fs::write(dir.path().join("a.txt"), "one\n").unwrap();
         std::fs::write(dir.path().join("c.bin"), "skip\n").unwrap();
         let ds = TextDataset::new(TextOptions { documents: DocumentBoundary::File, suffix: Some(".txt".into()) });
-        let docs = ds.read(dir.path()).unwrap();
+        let docs: Vec<Document> = ds.read(dir.path()).unwrap().collect::<Result<_>>().unwrap();
         assert_eq!(docs, vec![vec!["one".to_string()], vec!["two".to_string()]]);
-        let err = ds.read(&dir.path().join("missing")).unwrap_err().to_string();
+        let err = ds.read(&dir.path().join("missing")).err().unwrap().to_string();
         assert!(err.contains("no such file"), "{err}");
+    }
+
+    #[test]
+    fn streamed_files_split_as_whole_texts_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "a b\r\n  c  \n\n\n d\n\ne\nf";
+        std::fs::write(dir.path().join("a.txt"), text).unwrap();
+        std::fs::write(dir.path().join("b.txt"), "g\n\nh\n").unwrap();
+        for documents in [DocumentBoundary::BlankLine, DocumentBoundary::File, DocumentBoundary::Line] {
+            let ds = TextDataset::new(TextOptions { documents, suffix: None });
+            let mut whole = ds.split(text);
+            whole.extend(ds.split("g\n\nh\n"));
+            let streamed: Vec<Document> = ds.read(dir.path()).unwrap().collect::<Result<_>>().unwrap();
+            assert_eq!(streamed, whole, "{documents:?}");
+        }
+        std::fs::write(dir.path().join("c.txt"), b"ok\nbad \xff\n").unwrap();
+        let ds = TextDataset::new(TextOptions::default());
+        let err = ds.read(dir.path()).unwrap().find_map(|d| d.err()).unwrap().to_string();
+        assert!(err.contains("c.txt: not UTF-8 text (invalid byte at offset 7)"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! Command-line types (clap) and dispatch: one file per subcommand.
 
+mod data;
 pub mod fill_mask;
 mod launch;
 mod new_plugin;
@@ -111,6 +112,9 @@ pub enum Command {
         #[command(flatten)]
         recipe: RecipeArgs,
     },
+    /// The token store: build it ahead of a run, or say what it holds.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Run a recipe template over a grid; results go to results/<sweep>/<run>/.
     Sweep(SweepArgs),
     /// Table (and with --plot, curves) of every run under DIR: report.csv/.parquet/.md/.png.
@@ -151,6 +155,22 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Tokenize the recipe's corpus into the token cache now, so that runs
+    /// (on this machine or one sharing the cache folder) start by mapping it.
+    Prepare {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+    },
+    /// Documents, tokens, blocks and the length histogram of the recipe's
+    /// token store (prepared first if the cache lacks it).
+    Stats {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+    },
+}
+
 /// Logs go to stderr; `RUST_LOG` decides the level (default: info).
 pub fn init_logging(verbose: bool) {
     let default = if verbose { "debug" } else { "info" };
@@ -164,6 +184,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Launch(args) => launch::launch(&args, cli.verbose),
         Command::Run { recipe, overwrite } => run::run(&recipe, overwrite),
         Command::Validate { recipe } => validate::validate(&recipe),
+        Command::Data(DataCommand::Prepare { recipe }) => data::prepare(&recipe),
+        Command::Data(DataCommand::Stats { recipe }) => data::stats(&recipe),
         Command::Sweep(args) => sweep::sweep(&args),
         Command::Report { dir, plot } => report::report(&dir, plot),
         Command::FillMask { model, text, top_k, json } => fill_mask::fill_mask(&model, &text, top_k, json),

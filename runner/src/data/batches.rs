@@ -103,7 +103,7 @@ impl BatchMaker {
             let mut grouped = Vec::with_capacity(order.len());
             for group in order.chunks(size * GROUP_BATCHES) {
                 let mut group = group.to_vec();
-                group.sort_by_key(|&i| std::cmp::Reverse(self.examples.get(i).len()));
+                group.sort_by_key(|&i| std::cmp::Reverse(self.examples.example_len(i)));
                 let mut batches: Vec<&[usize]> = group.chunks(size).collect();
                 // A short last batch stays last: batch() cuts the order every `size`.
                 let full = group.len() / size;
@@ -185,7 +185,6 @@ impl EvalSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::examples::Tokens;
 
     /// Keeps every token; labels the first one.
     struct NoMask;
@@ -202,12 +201,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut lengths: Vec<usize> = (0..1000).map(|i| 3 + i % 128).collect();
         lengths.shuffle(&mut rng);
-        let (mut tokens, mut offsets) = (Vec::new(), vec![0]);
-        for (i, len) in lengths.into_iter().enumerate() {
-            tokens.extend(std::iter::repeat_n(i as u32, len));
-            offsets.push(tokens.len());
-        }
-        let examples = Examples { tokens: Tokens::Owned(tokens), offsets };
+        let examples = Examples::Listed(lengths.into_iter().enumerate().map(|(i, len)| vec![i as u32; len]).collect());
         BatchMaker { examples: Arc::new(examples), masker: Arc::new(NoMask), batch_size: 8, seed: 0, pad_id: 0, group_by_length }
     }
 

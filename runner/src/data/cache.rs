@@ -1,30 +1,37 @@
-//! The token cache: tokenized, packed train and eval examples on disk,
-//! memory-mapped on the next run, so a run with the same data and tokenizer
-//! starts training without reading or tokenizing the corpus again.
+//! The token cache: where token stores live, what they are keyed by, and how
+//! one is built exactly once. A run with the same data and tokenizer maps the
+//! store and starts training without reading or tokenizing the corpus again.
 //!
-//! The key hashes everything the examples depend on: the dataset component
-//! and its options, every corpus file's path, size and modification time, the
-//! holdout split and its seed, the tokenizer file's bytes, the example mode
-//! and length. Files live in `$RUNNER_CACHE_DIR`, else
-//! `$XDG_CACHE_HOME/runner/tokens`, else `~/.cache/runner/tokens`, and are
-//! written to a temporary name and renamed, so readers never see half a file.
+//! The key is a SHA-256 of everything the store depends on: the dataset
+//! component and its options, every corpus file's path, size and modification
+//! time, the holdout split and its seed (or the eval files), the tokenizer
+//! file's bytes and `max_train_documents`. Not the example mode or length:
+//! examples are views over the store, so one store serves them all. Stores
+//! live in `$RUNNER_CACHE_DIR`, else `$XDG_CACHE_HOME/runner/tokens`, else
+//! `~/.cache/runner/tokens`, one directory per key.
 //!
-//! Format (little-endian): magic `RUNTOK01`, then four u64 counts (train
-//! tokens, train offsets, eval tokens, eval offsets), then the u32 token
-//! arrays and the u64 offset arrays, each padded to 8 bytes.
+//! A store is built under `<key>.tmp-<pid>/` and renamed to `<key>/` once its
+//! manifest is written, so a half-written store is never used; one that does
+//! not match its manifest is reported, removed and rebuilt. Processes that need
+//! the same store take `<key>.lock` (an exclusive file lock) before building:
+//! the first builds, the others wait, then map what it built.
 
-use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
 
-use super::examples::{Examples, Tokens};
+use super::prepare::{self, EvalInput, Input};
+use super::store::{Manifest, Store, Width};
 use crate::hub::Sources;
 use crate::recipe::{EvalSource, Recipe};
+use crate::registry::Registry;
 
-const MAGIC: &[u8; 8] = b"RUNTOK01";
+/// Part of every key: a new store format or split rule changes every key.
+const KEY_VERSION: &str = "runner-token-store-v1";
 
 /// The cache folder.
 pub fn dir() -> Option<PathBuf> {
@@ -37,140 +44,224 @@ pub fn dir() -> Option<PathBuf> {
     Some(base.join("runner/tokens"))
 }
 
-/// Hashes path, size and mtime of every file under `path`, in sorted order.
-fn hash_files(path: &Path, h: &mut impl Hasher) -> Result<()> {
-    let mut files = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let meta = std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        if meta.is_dir() {
-            for e in std::fs::read_dir(&p).with_context(|| format!("cannot list {}", p.display()))? {
-                stack.push(e?.path());
-            }
-        } else {
-            let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            files.push((p, meta.len(), mtime.map(|d| d.as_nanos())));
-        }
+/// A SHA-256 over length-prefixed fields, so no two field lists hash alike.
+struct KeyHasher(Sha256);
+
+impl KeyHasher {
+    fn field(&mut self, bytes: impl AsRef<[u8]>) {
+        let bytes = bytes.as_ref();
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
     }
-    files.sort();
-    files.hash(h);
-    Ok(())
+
+    /// Path, size and mtime (ns) of every file under `path`, in sorted order.
+    fn files(&mut self, path: &Path) -> Result<()> {
+        let mut files = Vec::new();
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let meta = std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            if meta.is_dir() {
+                for e in std::fs::read_dir(&p).with_context(|| format!("cannot list {}", p.display()))? {
+                    stack.push(e?.path());
+                }
+            } else {
+                let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                files.push((p, meta.len(), mtime.map_or(0, |d| d.as_nanos())));
+            }
+        }
+        files.sort();
+        self.field((files.len() as u64).to_le_bytes());
+        for (p, len, mtime) in files {
+            self.field(p.as_os_str().as_encoded_bytes());
+            self.field(len.to_le_bytes());
+            self.field(mtime.to_le_bytes());
+        }
+        Ok(())
+    }
 }
 
-/// The cache key of a recipe's examples.
+/// The cache key of a recipe's token store: 32 hex digits of a SHA-256.
 pub fn key(recipe: &Recipe, sources: &Sources) -> Result<String> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    "runner-token-cache-v1".hash(&mut h);
-    recipe.dataset.hash(&mut h);
-    serde_yaml::to_string(&recipe.dataset_options)?.hash(&mut h);
+    let mut h = KeyHasher(Sha256::new());
+    h.field(KEY_VERSION);
+    h.field(&recipe.dataset);
+    h.field(serde_yaml::to_string(&recipe.dataset_options)?);
+    h.field((sources.train.len() as u64).to_le_bytes());
     for p in &sources.train {
-        hash_files(p, &mut h)?;
+        h.files(p)?;
     }
     match (&sources.eval, &recipe.eval_source) {
         (Some(eval), _) => {
+            h.field("eval files");
             for p in eval {
-                hash_files(p, &mut h)?;
+                h.files(p)?;
             }
         }
-        (None, EvalSource::Holdout(f)) => (f.to_bits(), recipe.raw.eval.seed).hash(&mut h),
+        (None, EvalSource::Holdout(f)) => {
+            h.field("holdout");
+            h.field(f.to_bits().to_le_bytes());
+            h.field(recipe.raw.eval.seed.to_le_bytes());
+        }
         (None, EvalSource::Path(_)) => unreachable!("sources have eval files exactly when data.eval is given"),
     }
-    std::fs::read(&sources.tokenizer).with_context(|| format!("cannot read {}", sources.tokenizer.display()))?.hash(&mut h);
-    (format!("{:?}", recipe.examples), recipe.max_seq_len, recipe.raw.data.max_train_documents).hash(&mut h);
-    Ok(format!("{:016x}", h.finish()))
+    h.field(std::fs::read(&sources.tokenizer).with_context(|| format!("cannot read {}", sources.tokenizer.display()))?);
+    h.field(recipe.raw.data.max_train_documents.map_or(0u64, |n| n as u64 + 1).to_le_bytes());
+    let digest = h.0.finalize();
+    Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn pad8(w: &mut impl Write, written: usize) -> Result<usize> {
-    let pad = (8 - written % 8) % 8;
-    w.write_all(&[0u8; 8][..pad])?;
-    Ok(written + pad)
+/// The recipe's token store: mapped from the cache when it holds it, else
+/// built there (or, with `data.cache: false` or no cache folder, built in a
+/// temporary folder that is gone once the run ends).
+pub fn store(recipe: &Recipe, sources: &Sources, registry: &Registry, tok: &Tokenizer, vocab_size: usize) -> Result<Store> {
+    let root = if recipe.raw.data.cache { dir() } else { None };
+    let key = key(recipe, sources)?;
+    let build = |dir: &Path| -> Result<()> {
+        let t0 = Instant::now();
+        let dataset = crate::components::dataset(registry, &recipe.dataset, &recipe.dataset_options)?;
+        let eval = match &sources.eval {
+            Some(paths) => EvalInput::Paths(paths),
+            None => EvalInput::Holdout { fraction: recipe.raw.data.holdout, seed: recipe.raw.eval.seed },
+        };
+        let input = Input { dataset: dataset.as_ref(), train: &sources.train, eval, max_train_documents: recipe.raw.data.max_train_documents };
+        let width = Width::for_vocab(vocab_size);
+        let built = prepare::build(dir, &input, tok, width)?;
+        let mut described: Vec<String> = sources.train.iter().map(|p| p.display().to_string()).collect();
+        described.extend(sources.eval.iter().flatten().map(|p| format!("eval: {}", p.display())));
+        let manifest = Manifest::new(&key, described, width, built.train, built.eval, built.text_bytes);
+        manifest.write(dir)?;
+        let secs = t0.elapsed().as_secs_f64();
+        tracing::info!(
+            "data: read and tokenized {:.1} MB of text into {} train documents ({} tokens) and {} eval documents in {secs:.1}s ({:.1} MB/s)",
+            built.text_bytes as f64 / 1e6,
+            built.train.documents,
+            built.train.tokens,
+            built.eval.documents,
+            built.text_bytes as f64 / 1e6 / secs.max(1e-9)
+        );
+        Ok(())
+    };
+    match root {
+        Some(root) => open_or_build(&root, &key, build),
+        None => {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let tmp = std::env::temp_dir().join(format!("runner-tokens-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            let store = build(&tmp).and_then(|()| Store::open(&tmp));
+            // Mapped files stay readable after the folder is removed.
+            let _ = std::fs::remove_dir_all(&tmp);
+            store
+        }
+    }
 }
 
-/// Writes train and eval examples under `key`.
-pub fn store(dir: &Path, key: &str, train: &Examples, eval: &Examples) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(format!("{key}.tok"));
-    let tmp = dir.join(format!("{key}.{}.tmp", std::process::id()));
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
-    w.write_all(MAGIC)?;
-    for n in [train.tokens.len(), train.offsets.len(), eval.tokens.len(), eval.offsets.len()] {
-        w.write_all(&(n as u64).to_le_bytes())?;
+/// Maps the store `root/key`, building it with `build` first when it is
+/// missing or broken; concurrent callers build it once (see the module docs).
+pub fn open_or_build(root: &Path, key: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<Store> {
+    let path = root.join(key);
+    if let Some(store) = open_existing(&path) {
+        return Ok(store);
     }
-    let mut written = 8 + 32;
-    for ex in [train, eval] {
-        for t in ex.tokens.iter() {
-            w.write_all(&t.to_le_bytes())?;
-        }
-        written = pad8(&mut w, written + 4 * ex.tokens.len())?;
-        for &o in &ex.offsets {
-            w.write_all(&(o as u64).to_le_bytes())?;
-        }
-        written += 8 * ex.offsets.len();
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+    let lock_path = root.join(format!("{key}.lock"));
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        tracing::info!("data: another process is building {}; waiting for it", path.display());
+        lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
     }
-    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    // Whoever held the lock may have built it.
+    if let Some(store) = open_existing(&path) {
+        return Ok(store);
+    }
+    // Holding the lock, nothing else writes under this key: clear what a
+    // killed builder or a broken store left behind.
+    remove_leftovers(root, key)?;
+    let tmp = root.join(format!("{key}.tmp-{}", std::process::id()));
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    if let Err(e) = build(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    let store = Store::open(&path)?;
+    tracing::info!("data: token store {} ({:.1} MB)", path.display(), store.manifest.size() as f64 / 1e6);
+    Ok(store)
 }
 
-/// Maps the examples stored under `key`, if present and well-formed.
-pub fn load(dir: &Path, key: &str) -> Result<Option<(Examples, Examples)>> {
-    let path = dir.join(format!("{key}.tok"));
-    let Ok(file) = std::fs::File::open(&path) else { return Ok(None) };
-    // SAFETY: cache files are only ever replaced by rename, never written in place.
-    let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?);
-    if map.len() < 40 || &map[..8] != MAGIC {
-        bail!("{}: not a token cache file (delete it)", path.display());
+/// The store at `path` if it is there and whole; a broken one is reported.
+fn open_existing(path: &Path) -> Option<Store> {
+    if !path.exists() {
+        return None;
     }
-    let count = |i: usize| u64::from_le_bytes(map[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes")) as usize;
-    let counts = [count(0), count(1), count(2), count(3)];
-    let mut at = 40;
-    let mut parts = Vec::new();
-    for (n_tokens, n_offsets) in [(counts[0], counts[1]), (counts[2], counts[3])] {
-        let tokens_at = at;
-        at += 4 * n_tokens;
-        at += (8 - at % 8) % 8;
-        let end = at + 8 * n_offsets;
-        if end > map.len() {
-            bail!("{}: truncated token cache file (delete it)", path.display());
+    match Store::open(path) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            tracing::warn!("token store {} is broken and will be rebuilt: {e:#}", path.display());
+            None
         }
-        let offsets: Vec<usize> =
-            map[at..end].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize).collect();
-        if offsets.last().is_some_and(|&o| o != n_tokens) {
-            bail!("{}: inconsistent token cache file (delete it)", path.display());
-        }
-        at = end;
-        parts.push(Examples { tokens: Tokens::Mapped { map: map.clone(), start: tokens_at, len: n_tokens }, offsets });
     }
-    let eval = parts.pop().expect("two parts");
-    let train = parts.pop().expect("two parts");
-    Ok(Some((train, eval)))
+}
+
+fn remove_leftovers(root: &Path, key: &str) -> Result<()> {
+    let tmp_prefix = format!("{key}.tmp-");
+    for entry in std::fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == key || name.starts_with(&tmp_prefix) {
+            std::fs::remove_dir_all(entry.path()).with_context(|| format!("cannot remove {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::store::{SplitWriter, MANIFEST};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn examples(seqs: &[&[u32]]) -> Examples {
-        let mut tokens = Vec::new();
-        let mut offsets = vec![0];
-        for s in seqs {
-            tokens.extend_from_slice(s);
-            offsets.push(tokens.len());
+    /// Builds a two-document store; counts the builds.
+    fn builder(builds: &AtomicUsize) -> impl FnOnce(&Path) -> Result<()> + '_ {
+        move |dir: &Path| {
+            builds.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut counts = Vec::new();
+            for name in ["train", "eval"] {
+                let mut w = SplitWriter::create(dir, name, Width::U16)?;
+                w.push_document(&[vec![1u32, 2, 3]])?;
+                counts.push(w.finish()?);
+            }
+            Manifest::new("k", vec![], Width::U16, counts[0], counts[1], 6).write(dir)
         }
-        Examples { tokens: Tokens::Owned(tokens), offsets }
     }
 
     #[test]
-    fn stored_examples_map_back_identically() {
-        let dir = tempfile::tempdir().unwrap();
-        let train = examples(&[&[2, 10, 11, 3], &[2, 12, 3]]);
-        let eval = examples(&[&[2, 7, 3]]);
-        assert!(load(dir.path(), "k").unwrap().is_none());
-        store(dir.path(), "k", &train, &eval).unwrap();
-        let (t, e) = load(dir.path(), "k").unwrap().unwrap();
-        assert!(matches!(t.tokens, Tokens::Mapped { .. }));
-        assert_eq!((t.len(), e.len()), (2, 1));
-        assert_eq!((t.get(0), t.get(1), e.get(0)), (&[2u32, 10, 11, 3][..], &[2u32, 12, 3][..], &[2u32, 7, 3][..]));
-        std::fs::write(dir.path().join("bad.tok"), b"garbage").unwrap();
-        assert!(load(dir.path(), "bad").is_err());
+    fn concurrent_callers_build_once_and_a_broken_store_is_rebuilt() {
+        let root = tempfile::tempdir().unwrap();
+        let builds = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4).map(|_| s.spawn(|| open_or_build(root.path(), "k", builder(&builds)).unwrap())).collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap().train.tokens(), 3);
+            }
+        });
+        assert_eq!(builds.load(Ordering::SeqCst), 1, "one build for four callers");
+        open_or_build(root.path(), "k", builder(&builds)).unwrap();
+        assert_eq!(builds.load(Ordering::SeqCst), 1, "mapped, not rebuilt");
+        // Cut a file short: detected, rebuilt.
+        std::fs::write(root.path().join("k/train.tokens"), [1u8, 0]).unwrap();
+        let store = open_or_build(root.path(), "k", builder(&builds)).unwrap();
+        assert_eq!((builds.load(Ordering::SeqCst), store.train.tokens()), (2, 3));
+        // A build that fails leaves nothing behind; a half-written one is never used.
+        std::fs::remove_file(root.path().join("k").join(MANIFEST)).unwrap();
+        assert!(open_or_build(root.path(), "k", |_| anyhow::bail!("disk full")).is_err());
+        let left: Vec<String> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert!(left.iter().all(|n| n == "k.lock"), "{left:?}");
     }
 }

@@ -1,175 +1,226 @@
-//! Tokenized examples, stored flat (one token buffer plus offsets).
+//! Examples as views over a split of the token store: example `i` is computed
+//! from the store's offsets when asked for, never copied out beforehand.
 //!
 //! - `packed`: each document's lines are concatenated, documents are joined by
 //!   `[SEP]`, and the stream is cut into blocks of `max_seq_len - 2` tokens,
 //!   each wrapped as `[CLS] block [SEP]` (the `group_texts` way; the short tail
 //!   is dropped). Every example is full length, so no compute goes to padding.
-//! - `line_by_line`: each line becomes `[CLS] line [SEP]`, truncated to
-//!   `max_seq_len`.
+//!   Block `i` starts at stream position `i * (max_seq_len - 2)`; the document
+//!   holding it is found by binary search over the document offsets (document
+//!   `k` starts at its first token's offset plus `k` separators).
+//! - `line_by_line`: each non-empty line becomes `[CLS] line [SEP]`, truncated
+//!   to `max_seq_len`.
 
-use anyhow::Result;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
-use tokenizers::Tokenizer;
+use std::sync::Arc;
 
-use runner_api::{Document, VocabInfo};
+use runner_api::VocabInfo;
 
+use super::store::Split;
 use crate::recipe::raw::ExampleMode;
 
-/// The token buffer: built in memory, or memory-mapped from the token cache.
-#[derive(Debug, Clone)]
-pub enum Tokens {
-    Owned(Vec<u32>),
-    /// `len` u32 values at byte `start` of a mapped cache file (4-byte aligned).
-    Mapped { map: std::sync::Arc<memmap2::Mmap>, start: usize, len: usize },
-}
-
-impl Default for Tokens {
-    fn default() -> Self {
-        Tokens::Owned(Vec::new())
-    }
-}
-
-impl std::ops::Deref for Tokens {
-    type Target = [u32];
-    fn deref(&self) -> &[u32] {
-        match self {
-            Tokens::Owned(v) => v,
-            Tokens::Mapped { map, start, len } => {
-                let bytes = &map[*start..*start + 4 * *len];
-                assert_eq!(bytes.as_ptr() as usize % 4, 0, "token cache data is 4-byte aligned");
-                // SAFETY: in bounds (sliced above), aligned (checked), and any bit pattern is a valid u32.
-                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u32>(), *len) }
-            }
-        }
-    }
-}
-
 /// Token-id sequences, each starting with `[CLS]` and ending with `[SEP]`.
-#[derive(Debug, Clone, Default)]
-pub struct Examples {
-    pub(crate) tokens: Tokens,
-    pub(crate) offsets: Vec<usize>,
+#[derive(Clone)]
+pub enum Examples {
+    /// A view over one split of the token store.
+    Store(StoreExamples),
+    /// Sequences held in memory as they are (tests).
+    #[cfg(test)]
+    Listed(Vec<Vec<u32>>),
+}
+
+#[derive(Clone)]
+pub struct StoreExamples {
+    split: Arc<Split>,
+    mode: ExampleMode,
+    /// Tokens between `[CLS]` and `[SEP]`: `max_seq_len - 2`.
+    body: usize,
+    cls: i64,
+    sep: i64,
+    len: usize,
 }
 
 impl Examples {
-    fn push(&mut self, seq: impl IntoIterator<Item = u32>) {
-        if self.offsets.is_empty() {
-            self.offsets.push(0);
-        }
-        let Tokens::Owned(tokens) = &mut self.tokens else { unreachable!("examples are built in memory") };
-        tokens.extend(seq);
-        self.offsets.push(tokens.len());
+    /// The examples of `split` in `mode`.
+    pub fn new(split: Arc<Split>, mode: ExampleMode, max_seq_len: usize, vocab: &VocabInfo) -> Self {
+        let body = max_seq_len - 2;
+        let len = match mode {
+            ExampleMode::LineByLine => split.lines(),
+            // The stream: every token plus one [SEP] between documents.
+            ExampleMode::Packed => (split.tokens() + split.documents().saturating_sub(1)) / body,
+        };
+        Examples::Store(StoreExamples { split, mode, body, cls: vocab.cls_id, sep: vocab.sep_id, len })
     }
 
     pub fn len(&self) -> usize {
-        self.offsets.len().saturating_sub(1)
+        match self {
+            Examples::Store(s) => s.len,
+            #[cfg(test)]
+            Examples::Listed(l) => l.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn get(&self, i: usize) -> &[u32] {
-        &self.tokens[self.offsets[i]..self.offsets[i + 1]]
+    /// The length of example `i`, in tokens.
+    pub fn example_len(&self, i: usize) -> usize {
+        match self {
+            Examples::Store(s) => match s.mode {
+                ExampleMode::Packed => s.body + 2,
+                ExampleMode::LineByLine => {
+                    let n = s.split.line_start(i + 1) - s.split.line_start(i);
+                    (n as usize).min(s.body) + 2
+                }
+            },
+            #[cfg(test)]
+            Examples::Listed(l) => l[i].len(),
+        }
     }
 
     /// Example `i` as int64 ids.
     pub fn ids(&self, i: usize) -> Vec<i64> {
-        self.get(i).iter().map(|&t| t as i64).collect()
-    }
-
-    pub fn num_tokens(&self) -> usize {
-        self.tokens.len()
-    }
-
-    /// Tokenizes documents (in parallel) and cuts them into examples.
-    pub fn build(
-        docs: &[Document],
-        tok: &Tokenizer,
-        vocab: &VocabInfo,
-        mode: ExampleMode,
-        max_seq_len: usize,
-    ) -> Result<Self> {
-        let tokenized: Vec<Vec<Vec<u32>>> = docs
-            .par_iter()
-            .map(|doc| {
-                doc.iter()
-                    .map(|line| {
-                        tok.encode(line.as_str(), false)
-                            .map(|e| e.get_ids().to_vec())
-                            .map_err(|e| anyhow::anyhow!("tokenizer failed on a line: {e}"))
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<_>>()?;
-        let (cls, sep) = (vocab.cls_id as u32, vocab.sep_id as u32);
-        let body = max_seq_len - 2;
-        let mut out = Examples::default();
-        match mode {
-            ExampleMode::LineByLine => {
-                for line in tokenized.iter().flatten().filter(|l| !l.is_empty()) {
-                    let n = line.len().min(body);
-                    out.push(std::iter::once(cls).chain(line[..n].iter().copied()).chain(std::iter::once(sep)));
-                }
-            }
-            ExampleMode::Packed => {
-                let mut block: Vec<u32> = Vec::with_capacity(body);
-                let stream = tokenized.iter().enumerate().flat_map(|(i, doc)| {
-                    let separator = (i > 0).then_some(sep);
-                    separator.into_iter().chain(doc.iter().flatten().copied())
-                });
-                for id in stream {
-                    block.push(id);
-                    if block.len() == body {
-                        out.push(std::iter::once(cls).chain(block.drain(..)).chain(std::iter::once(sep)));
-                    }
-                }
-            }
+        match self {
+            Examples::Store(s) => s.ids(i),
+            #[cfg(test)]
+            Examples::Listed(l) => l[i].iter().map(|&t| t as i64).collect(),
         }
-        Ok(out)
+    }
+
+    /// Tokens over all examples, `[CLS]` and `[SEP]` included.
+    pub fn num_tokens(&self) -> usize {
+        match self {
+            Examples::Store(s) => match s.mode {
+                ExampleMode::Packed => s.len * (s.body + 2),
+                ExampleMode::LineByLine => (0..s.len).map(|i| self.example_len(i)).sum(),
+            },
+            #[cfg(test)]
+            Examples::Listed(l) => l.iter().map(Vec::len).sum(),
+        }
     }
 }
 
-/// Splits documents into (train, held out): `fraction` of them, at least one,
-/// chosen with `seed`. Both keep the corpus order.
-pub fn split_holdout(docs: Vec<Document>, fraction: f64, seed: u64) -> Result<(Vec<Document>, Vec<Document>)> {
-    let n = docs.len();
-    if n < 2 {
-        anyhow::bail!("the corpus has {n} document(s); holding some out for eval needs at least 2 (or give data.eval)");
+impl StoreExamples {
+    fn ids(&self, i: usize) -> Vec<i64> {
+        assert!(i < self.len, "example {i} of {}", self.len);
+        let mut out = Vec::with_capacity(self.body + 2);
+        out.push(self.cls);
+        match self.mode {
+            ExampleMode::LineByLine => {
+                let start = self.split.line_start(i) as usize;
+                let end = (self.split.line_start(i + 1) as usize).min(start + self.body);
+                self.split.extend_ids(start, end, &mut out);
+            }
+            ExampleMode::Packed => self.block(i, &mut out),
+        }
+        out.push(self.sep);
+        out
     }
-    let n_eval = ((fraction * n as f64).round() as usize).clamp(1, n - 1);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let mut held = vec![false; n];
-    for &i in &order[..n_eval] {
-        held[i] = true;
-    }
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    for (i, d) in docs.into_iter().enumerate() {
-        if held[i] {
-            eval.push(d)
-        } else {
-            train.push(d)
+
+    /// Appends block `i` of the packed stream.
+    fn block(&self, i: usize, out: &mut Vec<i64>) {
+        let split = &self.split;
+        let stream_start = |k: usize| split.doc_token_start(k) as usize + k;
+        let pos = i * self.body;
+        // The last document starting at or before `pos`.
+        let mut k = partition_point(split.documents(), |k| stream_start(k) <= pos) - 1;
+        let mut at = pos - k; // `pos` in token offsets (the k separators before it removed)
+        let mut left = self.body;
+        while left > 0 {
+            let doc_end = split.doc_token_start(k + 1) as usize;
+            let n = (doc_end - at).min(left);
+            split.extend_ids(at, at + n, out);
+            (at, left) = (at + n, left - n);
+            if left > 0 {
+                out.push(self.sep); // the separator after document k
+                (k, left) = (k + 1, left - 1);
+            }
         }
     }
-    Ok((train, eval))
+}
+
+/// The first `i` in `0..n` for which `pred` is false (`pred` true then false).
+fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::data::store::tests::write_store;
+    use crate::data::store::Width;
+
+    fn vocab() -> VocabInfo {
+        VocabInfo {
+            vocab_size: 100,
+            mask_id: 4,
+            pad_id: 0,
+            cls_id: 2,
+            sep_id: 3,
+            is_special: vec![],
+            is_continuation: vec![],
+            tokens: vec![],
+        }
+    }
+
+    /// Packing as it was done in memory: the reference for the views.
+    pub(crate) fn packed_reference(docs: &[Vec<Vec<u32>>], cls: u32, sep: u32, max_seq_len: usize) -> Vec<Vec<u32>> {
+        let body = max_seq_len - 2;
+        let mut out = Vec::new();
+        let mut block: Vec<u32> = Vec::with_capacity(body);
+        let stream = docs.iter().enumerate().flat_map(|(i, doc)| (i > 0).then_some(sep).into_iter().chain(doc.iter().flatten().copied()));
+        for id in stream {
+            block.push(id);
+            if block.len() == body {
+                out.push(std::iter::once(cls).chain(block.drain(..)).chain(std::iter::once(sep)).collect());
+            }
+        }
+        out
+    }
+
+    pub(crate) fn line_reference(docs: &[Vec<Vec<u32>>], cls: u32, sep: u32, max_seq_len: usize) -> Vec<Vec<u32>> {
+        let body = max_seq_len - 2;
+        let lines = docs.iter().flatten().filter(|l| !l.is_empty());
+        lines.map(|l| std::iter::once(cls).chain(l[..l.len().min(body)].iter().copied()).chain(std::iter::once(sep)).collect()).collect()
+    }
+
+    fn all(ex: &Examples) -> Vec<Vec<u32>> {
+        (0..ex.len()).map(|i| ex.ids(i).into_iter().map(|t| t as u32).collect()).collect()
+    }
 
     #[test]
-    fn holdout_is_seeded_disjoint_and_ordered() {
-        let docs: Vec<Document> = (0..20).map(|i| vec![format!("doc {i}")]).collect();
-        let (t1, e1) = split_holdout(docs.clone(), 0.1, 3).unwrap();
-        let (t2, e2) = split_holdout(docs.clone(), 0.1, 3).unwrap();
-        assert_eq!((t1.len(), e1.len()), (18, 2));
-        assert_eq!((&t1, &e1), (&t2, &e2));
-        assert!(e1.iter().all(|d| !t1.contains(d)));
-        assert!(split_holdout(docs[..1].to_vec(), 0.1, 0).is_err());
+    fn views_equal_packing_and_lines_built_in_memory() {
+        // Documents of every shape: empty ones, empty lines, longer than a block.
+        let docs: Vec<Vec<Vec<u32>>> = vec![
+            vec![vec![10, 11, 12], vec![], vec![13]],
+            vec![],
+            vec![(20..45).collect()],
+            vec![vec![50]],
+            vec![],
+            vec![vec![60, 61], vec![62, 63, 64, 65, 66, 67, 68]],
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let store = write_store(dir.path(), Width::U16, &docs, &[]);
+        for max_seq_len in [3, 4, 8, 9, 40, 64] {
+            let packed = Examples::new(store.train.clone(), ExampleMode::Packed, max_seq_len, &vocab());
+            assert_eq!(all(&packed), packed_reference(&docs, 2, 3, max_seq_len), "packed, max_seq_len {max_seq_len}");
+            assert!((0..packed.len()).all(|i| packed.example_len(i) == max_seq_len));
+            let lines = Examples::new(store.train.clone(), ExampleMode::LineByLine, max_seq_len, &vocab());
+            let reference = line_reference(&docs, 2, 3, max_seq_len);
+            assert_eq!(all(&lines), reference, "line_by_line, max_seq_len {max_seq_len}");
+            assert_eq!(lines.num_tokens(), reference.iter().map(Vec::len).sum::<usize>());
+            assert!((0..lines.len()).all(|i| lines.example_len(i) == reference[i].len()));
+        }
+        let empty = Examples::new(store.eval.clone(), ExampleMode::Packed, 8, &vocab());
+        assert!(empty.is_empty());
     }
 }

@@ -72,7 +72,8 @@ pub struct DataSection {
     /// Read at most this many training documents (after the holdout split).
     #[serde(default)]
     pub max_train_documents: Option<usize>,
-    /// Keep tokenized examples in the token cache (see `data/cache.rs`).
+    /// Keep the token store in the token cache (see `data/cache.rs`); false: a
+    /// private store in the temporary folder, gone when the run ends.
     #[serde(default = "default_true")]
     pub cache: bool,
     /// Batch examples of similar length together (as transformers'

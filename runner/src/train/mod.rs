@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use runner_api::{Metric, MlmModel, Mode, ModelSource};
 
-use crate::data::examples::{split_holdout, Examples};
+use crate::data::examples::Examples;
 use crate::data::{cache, tokenizer, BatchMaker, EvalSet};
 use crate::error::user_msg;
 use crate::autocast::Autocast;
@@ -72,12 +72,11 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
             .with_context(|| format!("cannot write {}", recipe.run_dir.join("recipe.yaml").display()))?;
     }
 
-    // Data: tokenized examples, from the token cache or built afresh (by the
-    // first process; the others map what it stored).
+    // Data: views over the token store, mapped from the token cache or built
+    // there (by one process under the store's lock; the others wait and map it).
     let tok = tokenizer::load(&sources.tokenizer)?;
     let vocab = tokenizer::vocab_info(&tok, &sources.tokenizer)?;
-    let (train, held_out) =
-        dist::first_then_others(collective.as_ref(), || cached_examples(recipe, &sources, registry, &tok, &vocab))?;
+    let (train, held_out) = cached_examples(recipe, &sources, registry, &tok, &vocab)?;
     if train.is_empty() {
         bail!(user_msg(format!(
             "data.train: {} gives no training example of {} tokens (lower data.max_seq_len or add text)",
@@ -241,8 +240,8 @@ pub fn run(recipe: &Recipe, registry: &Registry, overwrite: bool) -> Result<RunO
     Ok(RunOutcome { run_dir: recipe.run_dir.clone(), summary, is_main: true })
 }
 
-/// Train and eval examples: mapped from the token cache when it holds this
-/// recipe's data, else read, split, tokenized and stored there.
+/// Train and eval examples: views over the recipe's token store, mapped from
+/// the token cache when it holds it, else built there first.
 fn cached_examples(
     recipe: &Recipe,
     sources: &crate::hub::Sources,
@@ -251,61 +250,20 @@ fn cached_examples(
     vocab: &runner_api::VocabInfo,
 ) -> Result<(Examples, Examples)> {
     let t0 = Instant::now();
-    let cache = if recipe.raw.data.cache { cache::dir() } else { None };
-    let key = match &cache {
-        Some(_) => Some(cache::key(recipe, sources)?),
-        None => None,
-    };
-    if let (Some(dir), Some(key)) = (&cache, &key) {
-        match cache::load(dir, key) {
-            Ok(Some((train, eval))) => {
-                tracing::info!(
-                    "data: {} train examples ({} tokens), {} eval examples, mapped from the token cache in {:.2}s",
-                    train.len(),
-                    train.num_tokens(),
-                    eval.len(),
-                    t0.elapsed().as_secs_f64()
-                );
-                return Ok((train, eval));
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!("token cache ignored: {e:#}"),
-        }
-    }
-    let dataset = components::dataset(registry, &recipe.dataset, &recipe.dataset_options)?;
-    let read = |paths: &[PathBuf], key: &str| -> Result<Vec<runner_api::Document>> {
-        let mut docs = Vec::new();
-        for p in paths {
-            docs.extend(dataset.read(p).map_err(|e| user_msg(format!("{key}: {e:#}")))?);
-        }
-        Ok(docs)
-    };
-    // sources.eval is there exactly when data.eval is (EvalSource::Path); else hold out.
-    let (mut train_docs, eval_docs) = match &sources.eval {
-        Some(eval) => (read(&sources.train, "data.train")?, read(eval, "data.eval")?),
-        None => split_holdout(read(&sources.train, "data.train")?, recipe.raw.data.holdout, recipe.raw.eval.seed)
-            .map_err(|e| user_msg(format!("data.holdout: {e:#}")))?,
-    };
-    if let Some(n) = recipe.raw.data.max_train_documents {
-        train_docs.truncate(n);
-    }
-    let train = Examples::build(&train_docs, tok, vocab, recipe.examples, recipe.max_seq_len)?;
-    let held_out = Examples::build(&eval_docs, tok, vocab, recipe.examples, recipe.max_seq_len)?;
+    let store = cache::store(recipe, sources, registry, tok, vocab.vocab_size)?;
+    let train = Examples::new(store.train.clone(), recipe.examples, recipe.max_seq_len, vocab);
+    let eval = Examples::new(store.eval.clone(), recipe.examples, recipe.max_seq_len, vocab);
     tracing::info!(
-        "data: {} train documents -> {} examples ({} tokens); {} eval documents -> {} examples; read and tokenized in {:.1}s",
-        train_docs.len(),
+        "data: {} train documents -> {} examples ({} tokens), {} eval documents -> {} examples; mapped from the token store {} in {:.2}s",
+        store.train.documents(),
         train.len(),
         train.num_tokens(),
-        eval_docs.len(),
-        held_out.len(),
+        store.eval.documents(),
+        eval.len(),
+        store.dir.display(),
         t0.elapsed().as_secs_f64()
     );
-    if let (Some(dir), Some(key)) = (&cache, &key) {
-        if let Err(e) = cache::store(dir, key, &train, &held_out) {
-            tracing::warn!("token cache not written: {e:#}");
-        }
-    }
-    Ok((train, held_out))
+    Ok((train, eval))
 }
 
 /// Creates the run directory. An existing one with results is kept unless

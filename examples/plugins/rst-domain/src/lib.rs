@@ -7,7 +7,7 @@ use rand::Rng;
 use serde::Deserialize;
 
 use runner_api::{
-    no_options, parse_options, Component, Dataset, Document, Factory, MaskedSequence, Masker, MaskingRates, Options,
+    no_options, parse_options, Component, Dataset, Document, Documents, Factory, MaskedSequence, Masker, MaskingRates, Options,
     ParamDoc, Registrar, RngCore, VocabInfo, IGNORE_INDEX,
 };
 
@@ -84,16 +84,18 @@ pub fn clean(text: &str) -> Document {
 }
 
 impl Dataset for RstDataset {
-    fn read(&self, path: &Path) -> Result<Vec<Document>> {
-        let mut docs = Vec::new();
-        for f in rst_files(path)? {
-            let text = std::fs::read_to_string(&f).with_context(|| format!("cannot read {} as UTF-8", f.display()))?;
+    /// Streams one file at a time: a document is a file, so no more than one
+    /// file's text is ever in memory.
+    fn read<'a>(&'a self, path: &Path) -> Result<Documents<'a>> {
+        let docs = rst_files(path)?.into_iter().filter_map(|f| {
+            let text = match std::fs::read_to_string(&f) {
+                Ok(text) => text,
+                Err(e) => return Some(Err(anyhow::Error::new(e).context(format!("cannot read {} as UTF-8", f.display())))),
+            };
             let doc = clean(&text);
-            if !doc.is_empty() {
-                docs.push(doc);
-            }
-        }
-        Ok(docs)
+            (!doc.is_empty()).then_some(Ok(doc))
+        });
+        Ok(Box::new(docs))
     }
 }
 

@@ -1,16 +1,47 @@
-//! The `{{name}}` plugin: one masking strategy, `{{name}}-long-words`, as a
-//! starting point. Add datasets, maskers, models or metrics in `register`.
+//! The `{{name}}` plugin: a dataset, `{{name}}-records`, and a masking
+//! strategy, `{{name}}-long-words`, as a starting point. Add datasets, maskers,
+//! models or metrics in `register`.
 
-use anyhow::Result;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use rand::Rng;
 use serde::Deserialize;
 
 use runner_api::{
-    parse_options, Component, Factory, MaskedSequence, Masker, MaskingRates, Options, ParamDoc, Registrar,
-    RngCore, VocabInfo, IGNORE_INDEX,
+    no_options, parse_options, Component, Dataset, Document, Documents, Factory, MaskedSequence, Masker,
+    MaskingRates, Options, ParamDoc, Registrar, RngCore, VocabInfo, IGNORE_INDEX,
 };
 
 runner_api::declare_plugin!("{{name}}", register);
+
+/// One text file of records separated by lines holding `---`; each record is
+/// a document. Corpora may be larger than memory, so documents are streamed:
+/// the iterator holds one line and the record being gathered.
+struct RecordsDataset;
+
+impl Dataset for RecordsDataset {
+    fn read<'a>(&'a self, path: &Path) -> Result<Documents<'a>> {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut lines = BufReader::new(file).lines();
+        let mut record: Document = Vec::new();
+        let name = path.display().to_string();
+        Ok(Box::new(std::iter::from_fn(move || loop {
+            match lines.next() {
+                Some(Ok(line)) if line.trim() == "---" => {
+                    if !record.is_empty() {
+                        return Some(Ok(std::mem::take(&mut record)));
+                    }
+                }
+                Some(Ok(line)) if line.trim().is_empty() => {}
+                Some(Ok(line)) => record.push(line.trim().to_string()),
+                Some(Err(e)) => return Some(Err(anyhow::Error::new(e).context(format!("cannot read {name}")))),
+                None => return (!record.is_empty()).then(|| Ok(std::mem::take(&mut record))),
+            }
+        })))
+    }
+}
 
 /// Recipe `masking.options`.
 #[derive(Debug, Deserialize)]
@@ -63,6 +94,13 @@ fn build(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Result<Bo
 
 /// Registers this plugin's components.
 pub fn register(r: &mut Registrar) {
+    r.add(Component {
+        name: "{{name}}-records",
+        doc: "a text file of records separated by `---` lines, one document each",
+        params: vec![],
+        check: no_options,
+        factory: Factory::Dataset(|_| Ok(Box::new(RecordsDataset))),
+    });
     r.add(Component {
         name: "{{name}}-long-words",
         doc: "BERT masking of tokens with at least `min_chars` characters",
