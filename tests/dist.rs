@@ -323,7 +323,6 @@ fn workers_die_with_a_killed_launcher() {
 }
 
 #[test]
-#[ignore = "both ranks write the same results folder until only rank 0 writes (trainer's data-parallel support)"]
 fn launch_runs_every_worker_to_the_end() {
     let out = tempfile::tempdir().unwrap();
     let dir = format!("run.output_dir={}", out.path().display());

@@ -162,7 +162,7 @@ mod tests {
         let w: Box<dyn MlmModel> = Box::new(Wrapped { inner: Box::new(Model) as Box<dyn MlmModel>, hook: hook.clone() });
         let ids = Tensor::zeros([1, 1], (Kind::Int64, Device::Cpu));
         w.forward_mlm(&batch(), Mode::Train { dropout_key: 3 }).unwrap();
-        w.logits(&ids, &ids).unwrap();
+        let _ = w.logits(&ids, &ids).unwrap();
         w.parameters().unwrap();
         w.save_pretrained(Path::new("/nonexistent")).unwrap();
         w.info().unwrap();
