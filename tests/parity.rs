@@ -145,7 +145,7 @@ fn fill_mask_matches_the_transformers_pipeline() {
 /// equals a direct computation, one masked token at a time, on the same checkpoint.
 #[test]
 fn pseudo_perplexity_equals_a_direct_one_token_at_a_time_computation() {
-    use runner::data::{examples::Examples, tokenizer};
+    use runner::data::tokenizer;
     let out = tempfile::tempdir().unwrap();
     let dir = format!("run.output_dir={}", out.path().display());
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
@@ -168,11 +168,22 @@ fn pseudo_perplexity_equals_a_direct_one_token_at_a_time_computation() {
     let tok = tokenizer::load(&ckpt.join("tokenizer.json")).unwrap();
     let vocab = tokenizer::vocab_info(&tok, &ckpt).unwrap();
     let text = std::fs::read_to_string(root().join("tests/fixtures/toy-corpus.txt")).unwrap();
-    let docs: Vec<Vec<String>> = vec![text.lines().filter(|l| !l.trim().is_empty()).take(3).map(str::to_string).collect()];
-    let ex = Examples::build(&docs, &tok, &vocab, runner::recipe::raw::ExampleMode::LineByLine, 32).unwrap();
+    // Line by line: each line is `[CLS] line [SEP]` (the lines are shorter than 32 tokens).
+    let examples: Vec<Vec<i64>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(3)
+        .map(|line| {
+            let pieces = tok.encode(line, false).unwrap();
+            let mut ids = vec![vocab.cls_id];
+            ids.extend(pieces.get_ids().iter().map(|&i| i as i64));
+            ids.push(vocab.sep_id);
+            assert!(ids.len() <= 32);
+            ids
+        })
+        .collect();
     let (mut sum, mut n) = (0.0, 0);
-    for i in 0..ex.len() {
-        let ids = ex.ids(i);
+    for ids in &examples {
         for p in 0..ids.len() {
             if vocab.is_special[ids[p] as usize] {
                 continue;
