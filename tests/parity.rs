@@ -274,6 +274,14 @@ fn fp16_loss_scaling_matches_torch_grad_scaler() {
     let mut worst = (0.0, String::new());
     for (name, p) in &params {
         let d = max_abs_diff(p, &want[&format!("param.{name}")]);
+        // A key bias shifts every score of a row alike, so softmax cancels it: its true
+        // gradient is zero, and AdamW turns the rounding noise left in it into steps of
+        // about lr in either direction. Bound it by the distance those steps can go.
+        if name.ends_with("attention.self.key.bias") {
+            let steps = cfg["steps"].as_f64().unwrap();
+            assert!(d <= 2.0 * f("lr") * steps, "{name} moved {d} from torch's");
+            continue;
+        }
         if d > worst.0 {
             worst = (d, name.clone());
         }
