@@ -39,7 +39,7 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
 }
 
 fn panicked(who: &Who, call: &str, payload: Box<dyn Any + Send>) -> anyhow::Error {
-    anyhow::anyhow!("plugin `{}` panicked in {} `{}` ({call}): {}", who.plugin, who.kind, who.name, panic_message(payload))
+    anyhow::anyhow!("plugin `{}` failed in {} `{}` ({call}) with a panic: {}", who.plugin, who.kind, who.name, panic_message(payload))
 }
 
 /// Runs `f`, turning a panic into an error naming the plugin and component.
@@ -192,7 +192,7 @@ mod tests {
         std::panic::set_hook(prev);
         assert_eq!(items.len(), 2, "one document, then the error, then the end");
         let err = items[1].as_ref().err().expect("the panic is an error").to_string();
-        assert!(err.contains("plugin `demo` panicked in dataset `stream` (read: next document): document 1 on fire"), "{err}");
+        assert!(err.contains("plugin `demo` failed in dataset `stream` (read: next document) with a panic: document 1 on fire"), "{err}");
     }
 
     #[test]
@@ -212,6 +212,6 @@ mod tests {
         std::panic::set_hook(Box::new(|_| {}));
         let err = build(&Options::new()).err().expect("the panic is an error").to_string();
         std::panic::set_hook(prev);
-        assert!(err.contains("plugin `demo` panicked in dataset `boom` (build): corpus on fire"), "{err}");
+        assert!(err.contains("plugin `demo` failed in dataset `boom` (build) with a panic: corpus on fire"), "{err}");
     }
 }

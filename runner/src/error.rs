@@ -25,3 +25,38 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         1
     }
 }
+
+/// The one message printed for an error: its context chain, without the C++
+/// stack frames libtorch appends to its exceptions ("Exception raised from ...",
+/// "frame #0: ..."), which say nothing to a user.
+pub fn render(err: &anyhow::Error) -> String {
+    let full = format!("{err:#}");
+    let mut out: Vec<&str> = Vec::new();
+    for line in full.lines() {
+        let t = line.trim_start();
+        if t.starts_with("frame #") || t.starts_with("Exception raised from ") {
+            continue;
+        }
+        out.push(line.trim_end());
+    }
+    while out.last().is_some_and(|l| l.is_empty()) {
+        out.pop();
+    }
+    out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtorch_frames_do_not_reach_the_user() {
+        let e = anyhow::anyhow!(
+            "index out of range in self\nException raised from operator() at aten/src/ATen/native/TensorAdvancedIndexing.cpp:1:\n\
+             frame #0: c10::Error::Error(c10::SourceLocation) + 0x52 (0x7f in libc10.so)\nframe #1: <unknown function> + 0x1 (0x2 in libtorch_cpu.so)\n"
+        )
+        .context("model `bert`: logits");
+        let shown = render(&e);
+        assert_eq!(shown, "model `bert`: logits: index out of range in self");
+    }
+}

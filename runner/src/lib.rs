@@ -16,6 +16,7 @@ pub mod cli;
 pub mod components;
 pub mod data;
 pub mod device;
+pub mod elf;
 pub mod dist;
 pub mod error;
 pub mod eval;

@@ -6,12 +6,26 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A bug that panics still gets one line naming where, not Rust's panic report
+    // or libtorch's C++ frames (a panic inside a plugin never gets here: its
+    // guards turn it into an error).
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let what = runner::error::render(&anyhow::anyhow!(what));
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error{at}: {what}");
+    }));
     let cli = runner::cli::Cli::parse();
     runner::cli::init_logging(cli.verbose);
     match runner::cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", runner::error::render(&err));
             ExitCode::from(runner::error::exit_code(&err))
         }
     }

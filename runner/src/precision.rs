@@ -12,6 +12,20 @@ use tch::Device;
 
 use crate::recipe::raw::Precision;
 
+// Here rather than in `recipe/raw.rs`, which stays free of libtorch (the
+// recipe fuzz target compiles it without tch).
+impl Precision {
+    /// The dtype matmuls run in. `Auto` is resolved before anything computes
+    /// (`Recipe::precision`); on its own it means float32.
+    pub fn compute_kind(self) -> tch::Kind {
+        match self {
+            Precision::Fp32 | Precision::Auto => tch::Kind::Float,
+            Precision::Bf16 => tch::Kind::BFloat16,
+            Precision::Fp16 => tch::Kind::Half,
+        }
+    }
+}
+
 /// The CPU's feature flags (`/proc/cpuinfo`); empty where that file is absent.
 fn cpu_flags() -> HashSet<String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -7,6 +7,8 @@
 //! 2. the `plugins:` entries of the recipe (files or folders);
 //! 3. `RUNNER_PLUGIN_PATH` (`:`-separated files or folders).
 //!
+//! Each file is checked to be a whole ELF shared library (`elf.rs`) before
+//! `dlopen` maps it, and opened by its absolute path, so no other folder is searched.
 //! Each library's [`PluginDeclaration`] is checked before anything in it runs;
 //! a library built by another compiler, API or libtorch is refused with a
 //! message naming both sides' versions. Two components of the same kind and
@@ -85,14 +87,20 @@ impl Registry {
 
     /// Loads one plugin library, checks its declaration and registers its components.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let shown = path.display();
+        // dlopen gets the absolute path: a bare file name would make it search the
+        // system's library folders instead of the one named.
+        let canonical = path.canonicalize().map_err(|e| user_msg(format!("{shown}: cannot load plugin library: {e}")))?;
         if self.loaded.contains(&canonical) {
             return Ok(());
         }
-        let shown = path.display();
+        // A library cut short would be mapped past its end (SIGBUS); refuse it first.
+        crate::elf::check_shared_library(&canonical)
+            .map_err(|e| user_msg(format!("{shown}: cannot load plugin library: {e}")))?;
         // SAFETY: loading runs the library's initialisers. Plugin libraries are
         // Rust cdylibs, whose initialisers do nothing beyond the standard library's.
-        let library = unsafe { Library::new(path) }.map_err(|e| user_msg(format!("{shown}: cannot load plugin library: {e}")))?;
+        let library =
+            unsafe { Library::new(&canonical) }.map_err(|e| user_msg(format!("{shown}: cannot load plugin library: {e}")))?;
         // SAFETY: the symbol is a static `PluginDeclaration`; we only read its
         // magic and ABI version (fixed in every ABI version) before trusting the rest.
         let decl: &PluginDeclaration = unsafe {
@@ -125,7 +133,7 @@ impl Registry {
         }
         let mut registrar = Registrar::new(name.clone());
         if !(decl.register)(&mut registrar) {
-            return Err(user_msg(format!("{shown}: plugin `{name}` panicked while registering its components")));
+            return Err(user_msg(format!("{shown}: plugin `{name}` failed (a Rust panic) while registering its components")));
         }
         let library = Arc::new(library);
         tracing::debug!("plugin `{name}` from {shown}: {} components", registrar.components.len());

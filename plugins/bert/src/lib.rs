@@ -30,6 +30,10 @@ struct BertOptions {
     /// Overrides of `config.json` fields (dropout, sizes, ...).
     #[serde(default)]
     config: serde_yaml::Mapping,
+    /// Tensors (names or prefixes) the checkpoint may lack; they start fresh.
+    /// The MLM head (`cls.`) always may.
+    #[serde(default)]
+    allow_missing: Vec<String>,
 }
 
 /// A BERT masked LM with its weights.
@@ -50,9 +54,23 @@ impl Bert {
     }
 
     /// Loads `config.json` + `model.safetensors` from a Hugging Face directory,
-    /// with `overrides` applied to the config. Tensors the checkpoint lacks (a
-    /// missing MLM head) keep their fresh initialisation and are logged.
+    /// with `overrides` applied to the config. Only the MLM head may be missing
+    /// from the checkpoint (it starts fresh); see [`Bert::from_pretrained_allowing`].
     pub fn from_pretrained(dir: &Path, overrides: &serde_yaml::Mapping, device: tch::Device) -> Result<Self> {
+        Bert::from_pretrained_allowing(dir, overrides, &[], device)
+    }
+
+    /// [`Bert::from_pretrained`], where tensors named by `allow_missing` (names or
+    /// prefixes) may also be missing. Like transformers, every missing and
+    /// unexpected tensor is listed; unlike it, a missing encoder tensor that is
+    /// not allowed is an error, since a config that disagrees with its weights
+    /// would otherwise train from random layers without a word.
+    pub fn from_pretrained_allowing(
+        dir: &Path,
+        overrides: &serde_yaml::Mapping,
+        allow_missing: &[String],
+        device: tch::Device,
+    ) -> Result<Self> {
         let (config, raw) = BertConfig::from_file(&dir.join("config.json"))?;
         let config = config.with_overrides(overrides)?;
         let weights = dir.join("model.safetensors");
@@ -62,16 +80,46 @@ impl Bert {
         let mut bert = Bert::from_config(config, device);
         bert.source_config = Some(raw);
         let report = weights::load_into(&bert.vs.variables(), &weights)?;
-        if !report.newly_initialized.is_empty() {
-            tracing::warn!(
-                "{} tensors not in {} were newly initialised: {}",
-                report.newly_initialized.len(),
+        let refused: Vec<&String> = report.missing.iter().filter(|n| !weights::may_start_fresh(n, allow_missing)).collect();
+        if !refused.is_empty() {
+            let unexpected = if report.unexpected.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "\n  {} unexpected tensor(s) in the file (renamed, or layers the config lacks):\n    {}",
+                    report.unexpected.len(),
+                    report.unexpected.join("\n    ")
+                )
+            };
+            anyhow::bail!(
+                "{} does not match {} (num_hidden_layers {}):\n  {} model tensor(s) missing from the file, which would \
+                 start from random values:\n    {}{unexpected}\n  fix config.json, or let them start fresh with \
+                 model.options.allow_missing: [names or prefixes]",
                 weights.display(),
-                report.newly_initialized.join(", ")
+                dir.join("config.json").display(),
+                bert.config.num_hidden_layers,
+                report.missing.len(),
+                report.missing.join("\n    "),
             );
         }
-        if !report.unused.is_empty() {
-            tracing::info!("unused tensors in {}: {}", weights.display(), report.unused.join(", "));
+        // A plugin's `tracing` is its own copy, with no subscriber: these go to
+        // stderr directly, so the user sees them as transformers users do.
+        if !report.missing.is_empty() {
+            eprintln!(
+                "warning: {} tensors not in {} were newly initialised: {}",
+                report.missing.len(),
+                weights.display(),
+                report.missing.join(", ")
+            );
+        }
+        if !report.unexpected.is_empty() {
+            eprintln!(
+                "warning: {} tensors in {} have no place in this model (config.json: {} layers) and are ignored: {}",
+                report.unexpected.len(),
+                weights.display(),
+                bert.config.num_hidden_layers,
+                report.unexpected.join(", ")
+            );
         }
         Ok(bert)
     }
@@ -155,7 +203,7 @@ fn check_options(options: &runner_api::Options) -> Result<()> {
 fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
     let opts: BertOptions = parse_options(source.options)?;
     let bert = match (source.checkpoint, &opts.preset) {
-        (Some(dir), None) => Bert::from_pretrained(dir, &opts.config, source.device)?,
+        (Some(dir), None) => Bert::from_pretrained_allowing(dir, &opts.config, &opts.allow_missing, source.device)?,
         (None, preset) => {
             let base = BertConfig::preset(preset.as_deref().unwrap_or("bert-base"))?;
             Bert::from_config(base.with_overrides(&opts.config)?, source.device)
@@ -175,6 +223,11 @@ pub fn register(r: &mut Registrar) {
         params: vec![
             ParamDoc { name: "preset", default: "bert-base", doc: "architecture for random init: bert-tiny, bert-small, bert-medium, minilm-l6, bert-base, bert-large" },
             ParamDoc { name: "config", default: "{}", doc: "overrides of config.json fields, e.g. {hidden_dropout_prob: 0.0}" },
+            ParamDoc {
+                name: "allow_missing",
+                default: "[]",
+                doc: "checkpoint tensors (names or prefixes) that may be missing and start fresh; the MLM head always may",
+            },
         ],
         check: check_options,
         factory: Factory::Model(build),

@@ -11,12 +11,17 @@ use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, View};
 use tch::{Kind, Tensor};
 
-/// What loading a checkpoint did, for the log.
+/// How a checkpoint's tensors matched the model, as transformers reports it.
 #[derive(Debug, Default)]
 pub struct LoadReport {
-    /// Model tensors the checkpoint lacked: they keep their fresh initialisation.
-    pub newly_initialized: Vec<String>,
-    /// Checkpoint tensors the model does not use (pooler, NSP head, ...).
+    /// Model tensors the checkpoint lacks: they keep their fresh initialisation.
+    pub missing: Vec<String>,
+    /// Checkpoint tensors with a place in `BertForMaskedLM` that this model
+    /// (as its config describes it) has no variable for: a renamed tensor, or a
+    /// layer beyond `num_hidden_layers`.
+    pub unexpected: Vec<String>,
+    /// Checkpoint tensors that `BertForMaskedLM` never uses (pooler, NSP head,
+    /// the tied decoder weight, position ids).
     pub unused: Vec<String>,
 }
 
@@ -39,7 +44,9 @@ fn canonical_name(name: &str) -> Option<String> {
     (!ignored).then_some(name)
 }
 
-/// Copies checkpoint tensors into the model's variables, by name, checking shapes.
+/// Copies checkpoint tensors into the model's variables, by name. Every shape
+/// that differs from the model's is listed in one error; names are matched as
+/// [`LoadReport`] says.
 pub fn load_into(vars: &HashMap<String, Tensor>, path: &Path) -> Result<LoadReport> {
     let tensors = Tensor::read_safetensors(path)
         .with_context(|| format!("cannot read safetensors file {}", path.display()))?;
@@ -53,34 +60,44 @@ pub fn load_into(vars: &HashMap<String, Tensor>, path: &Path) -> Result<LoadRepo
                     by_name.insert(n, t);
                 }
             }
-            _ => report.unused.push(name),
+            Some(_) => report.unexpected.push(name),
+            None => report.unused.push(name),
         }
     }
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
-    tch::no_grad(|| -> Result<()> {
-        for name in names {
-            let var = &vars[name];
-            match by_name.get(name) {
-                Some(src) => {
-                    if src.size() != var.size() {
-                        bail!(
-                            "{}: tensor `{name}` has shape {:?}, the model config expects {:?}",
-                            path.display(),
-                            src.size(),
-                            var.size()
-                        );
-                    }
-                    let mut var = var.shallow_clone();
-                    var.f_copy_(&src.f_to_kind(Kind::Float)?.f_to_device(var.device())?)?;
-                }
-                None => report.newly_initialized.push(name.clone()),
+    let mut wrong_shape = Vec::new();
+    for name in names {
+        match by_name.get(name) {
+            Some(src) if src.size() != vars[name].size() => {
+                wrong_shape.push(format!("`{name}` has shape {:?}, the model config expects {:?}", src.size(), vars[name].size()));
             }
+            Some(_) => {}
+            None => report.missing.push(name.clone()),
+        }
+    }
+    if !wrong_shape.is_empty() {
+        bail!("{}: {} tensor(s) do not fit config.json:\n  {}", path.display(), wrong_shape.len(), wrong_shape.join("\n  "));
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, src) in &by_name {
+            let mut var = vars[name].shallow_clone();
+            var.f_copy_(&src.f_to_kind(Kind::Float)?.f_to_device(var.device())?)?;
         }
         Ok(())
     })?;
+    report.unexpected.sort();
     report.unused.sort();
     Ok(report)
+}
+
+/// Whether a missing tensor may start from its fresh initialisation: the MLM
+/// head (`cls.`) always may (checkpoints saved from `BertModel` have none);
+/// anything else only when `allow` names it or a prefix of it (with or
+/// without the leading `bert.`).
+pub fn may_start_fresh(name: &str, allow: &[String]) -> bool {
+    let short = name.strip_prefix("bert.").unwrap_or(name);
+    name.starts_with("cls.") || allow.iter().any(|a| !a.is_empty() && (name.starts_with(a.as_str()) || short.starts_with(a.as_str())))
 }
 
 /// A CPU float32 copy of a tensor, as safetensors wants it.
@@ -129,7 +146,18 @@ pub fn write(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::canonical_name;
+    use super::{canonical_name, may_start_fresh};
+
+    #[test]
+    fn only_the_head_or_allowed_names_may_start_fresh() {
+        let allow = vec!["encoder.layer.2.".to_string(), "bert.embeddings.token_type_embeddings.weight".to_string()];
+        assert!(may_start_fresh("cls.predictions.transform.dense.weight", &[]));
+        assert!(!may_start_fresh("bert.encoder.layer.2.output.dense.weight", &[]));
+        assert!(may_start_fresh("bert.encoder.layer.2.output.dense.weight", &allow));
+        assert!(!may_start_fresh("bert.encoder.layer.1.output.dense.weight", &allow));
+        assert!(may_start_fresh("bert.embeddings.token_type_embeddings.weight", &allow));
+        assert!(!may_start_fresh("bert.embeddings.word_embeddings.weight", &[String::new()]));
+    }
 
     #[test]
     fn names_map_to_masked_lm_layout() {

@@ -60,7 +60,7 @@ impl Dataset for JsonlDataset {
                 Ok(f) => {
                     let name = file.clone();
                     Box::new(BufReader::with_capacity(1 << 20, f).lines().enumerate().map(move |(n, l)| {
-                        l.map(|l| (n + 1, l)).with_context(|| format!("cannot read {} as UTF-8", name.display()))
+                        l.map(|l| (n + 1, l)).with_context(|| format!("{}:{}: cannot read as UTF-8 text", name.display(), n + 1))
                     }))
                 }
                 Err(e) => Box::new(std::iter::once(Err(anyhow::Error::new(e).context(format!("cannot read {}", file.display()))))),

@@ -131,15 +131,16 @@ impl Splitter {
 struct OpenFile {
     path: PathBuf,
     reader: BufReader<std::fs::File>,
-    /// Bytes read so far, for the offset of an invalid byte.
+    /// Bytes and lines read so far, for the place of an invalid byte.
     offset: usize,
+    line_no: usize,
     line: Vec<u8>,
 }
 
 impl OpenFile {
     fn open(path: PathBuf) -> Result<Self> {
         let file = std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        Ok(OpenFile { path, reader: BufReader::with_capacity(1 << 20, file), offset: 0, line: Vec::new() })
+        Ok(OpenFile { path, reader: BufReader::with_capacity(1 << 20, file), offset: 0, line_no: 0, line: Vec::new() })
     }
 
     /// The next line without its newline, or `None` at the end of the file.
@@ -151,8 +152,14 @@ impl OpenFile {
         }
         let start = self.offset;
         self.offset += n;
+        self.line_no += 1;
         let text = std::str::from_utf8(&self.line).map_err(|e| {
-            anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", self.path.display(), start + e.valid_up_to())
+            anyhow::anyhow!(
+                "{}:{}: not UTF-8 text (invalid byte at offset {}); convert the file to UTF-8 (e.g. iconv)",
+                self.path.display(),
+                self.line_no,
+                start + e.valid_up_to()
+            )
         })?;
         Ok(Some(text.strip_suffix('\n').unwrap_or(text)))
     }
@@ -286,6 +293,6 @@ mod tests {
         std::fs::write(dir.path().join("c.txt"), b"ok\nbad \xff\n").unwrap();
         let ds = TextDataset::new(TextOptions::default());
         let err = ds.read(dir.path()).unwrap().find_map(|d| d.err()).unwrap().to_string();
-        assert!(err.contains("c.txt: not UTF-8 text (invalid byte at offset 7)"), "{err}");
+        assert!(err.contains("c.txt:2: not UTF-8 text (invalid byte at offset 7)"), "{err}");
     }
 }

@@ -13,6 +13,8 @@ use runner_api::{ModelSource, Options};
 use crate::components;
 use crate::data::tokenizer;
 use crate::error::user_msg;
+use crate::recipe::check::Problems;
+use crate::recipe::files;
 use crate::registry::Registry;
 
 /// One candidate for one `[MASK]`.
@@ -26,19 +28,40 @@ pub struct Candidate {
 
 /// Predicts every `[MASK]` of `text`: for each, the `top_k` candidates, best first.
 pub fn predict(registry: &Registry, dir: &Path, text: &str, top_k: usize) -> Result<Vec<Vec<Candidate>>> {
-    let tok_path = dir.join("tokenizer.json");
-    if !dir.join("config.json").is_file() {
-        return Err(user_msg(format!("--model: {} has no config.json", dir.display())));
+    if top_k == 0 {
+        return Err(user_msg("--top-k: must be at least 1, got 0"));
     }
-    if !tok_path.is_file() {
-        return Err(user_msg(format!("--model: {} has no tokenizer.json", dir.display())));
+    // The checks `validate` makes of a recipe's model folder: config.json parses,
+    // the weights are whole, the tokenizer loads and fits the vocabulary.
+    let mut problems = Problems::default();
+    let limits = files::model_folder(&mut problems, dir, None);
+    let tok_path = dir.join("tokenizer.json");
+    if dir.is_dir() {
+        if tok_path.is_file() {
+            files::tokenizer(&mut problems, "tokenizer", &tok_path, limits, Some(dir.join("config.json")));
+        } else {
+            problems.push("tokenizer", format!("{} has no tokenizer.json", dir.display()));
+        }
+    }
+    if !problems.0.is_empty() {
+        let list: Vec<String> = problems.0.iter().map(|p| p.replacen("model.checkpoint: ", "", 1)).collect();
+        return Err(user_msg(format!("--model: {}", list.join("\n  "))));
     }
     let tok = tokenizer::load(&tok_path)?;
     let vocab = tokenizer::vocab_info(&tok, &tok_path)?;
     let options = Options::new();
     let source = ModelSource { checkpoint: Some(dir), options: &options, device: tch::Device::Cpu, compute: tch::Kind::Float };
     let model = components::model(registry, "bert", &source)?;
-    let max_positions = model.info()?.max_positions;
+    let info = model.info()?;
+    let max_positions = info.max_positions;
+    if vocab.vocab_size as i64 > info.vocab_size {
+        return Err(user_msg(format!(
+            "--model: {} has {} tokens but the model's vocabulary has {}",
+            tok_path.display(),
+            vocab.vocab_size,
+            info.vocab_size
+        )));
+    }
 
     let enc = tok.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
     let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
@@ -52,7 +75,7 @@ pub fn predict(registry: &Registry, dir: &Path, text: &str, top_k: usize) -> Res
     let input = Tensor::from_slice(&ids).unsqueeze(0); // (1, T)
     let logits = tch::no_grad(|| model.logits(&input, &input.ones_like()))?; // (1, T, V)
     let logits = logits.to_device(tch::Device::Cpu);
-    let k = top_k.min(vocab.vocab_size).max(1) as i64;
+    let k = top_k.min(vocab.vocab_size) as i64;
     masks
         .iter()
         .map(|&pos| {

@@ -1,4 +1,7 @@
-//! `runner validate RECIPE`: parse and check a recipe without training.
+//! `runner validate RECIPE`: parse and check a recipe without training: keys,
+//! types and ranges, the files it names (corpora, results folder, model folder,
+//! tokenizer against the model's vocabulary and positions) and its components;
+//! the same checks `run` makes before it writes anything (`recipe::resolve`).
 
 use anyhow::Result;
 

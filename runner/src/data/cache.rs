@@ -241,6 +241,45 @@ mod tests {
         }
     }
 
+    /// The key of a fixed recipe and tokenizer, pinned: a key that changed (a new
+    /// hash, a new field order, a Rust release's hasher) would orphan every
+    /// store in every cache. The expected digest is SHA-256 over the same
+    /// length-prefixed fields computed outside Rust:
+    ///   python3 -c 'import hashlib,struct; h=hashlib.sha256()
+    ///   f=lambda b: (h.update(struct.pack("<Q",len(b))), h.update(b))
+    ///   [f(b) for b in [b"runner-token-store-v1", b"text", b"{}\n", struct.pack("<Q",0), b"holdout",
+    ///    struct.pack("<d",0.2), struct.pack("<Q",0), b"[tokenizer bytes]", struct.pack("<Q",0)]]
+    ///   print(h.hexdigest()[:32])'
+    #[test]
+    fn the_key_of_a_fixed_input_is_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokenizer = dir.path().join("tokenizer.json");
+        std::fs::write(&tokenizer, "[tokenizer bytes]").unwrap();
+        let text = "run: {name: a}\ndata: {train: none.txt, holdout: 0.2}\nmodel: {checkpoint: m}\n";
+        let raw = crate::recipe::parse::parse(text, "r.yaml", &[]).unwrap();
+        let recipe = Recipe {
+            source: "r.yaml".into(),
+            run_dir: "results/a".into(),
+            device: tch::Device::Cpu,
+            threads: 1,
+            precision: raw.training.precision,
+            precision_reason: String::new(),
+            dataset: raw.data.dataset.clone(),
+            dataset_options: raw.data.options.clone(),
+            train_path: raw.data.train.clone(),
+            eval_source: EvalSource::Holdout(raw.data.holdout),
+            examples: raw.data.examples,
+            max_seq_len: raw.data.max_seq_len,
+            tokenizer: tokenizer.clone(),
+            masking_rates: runner_api::MaskingRates { rate: 0.15, mask_token: 0.8, random_token: 0.1 },
+            length: crate::recipe::TrainLength::Steps(1),
+            warmup: crate::recipe::Warmup::Steps(0),
+            raw,
+        };
+        let sources = Sources { checkpoint: None, tokenizer, train: vec![], eval: None };
+        assert_eq!(key(&recipe, &sources).unwrap(), "4a5a932780c59726e23596a45d526bcb");
+    }
+
     #[test]
     fn concurrent_callers_build_once_and_a_broken_store_is_rebuilt() {
         let root = tempfile::tempdir().unwrap();

@@ -154,18 +154,6 @@ pub enum Precision {
     Auto,
 }
 
-impl Precision {
-    /// The dtype matmuls run in. `Auto` is resolved before anything computes
-    /// (`Recipe::precision`); on its own it means float32.
-    pub fn compute_kind(self) -> tch::Kind {
-        match self {
-            Precision::Fp32 | Precision::Auto => tch::Kind::Float,
-            Precision::Bf16 => tch::Kind::BFloat16,
-            Precision::Fp16 => tch::Kind::Half,
-        }
-    }
-}
-
 /// `training:` optimizer, schedule, length and device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

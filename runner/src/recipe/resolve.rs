@@ -1,6 +1,8 @@
-//! Raw recipe -> resolved [`Recipe`]: values checked, paths found, component
-//! names and options checked against the registry. All problems are collected
-//! and reported together, one per line, each naming its key.
+//! Raw recipe -> resolved [`Recipe`]: values checked (`check.rs`), files checked
+//! (`files.rs`: corpora, the results folder, the model folder and tokenizer
+//! against each other), component names and options checked against the
+//! registry. All problems are collected and reported together, one per line,
+//! each naming its key; `run` calls this before it writes anything.
 
 use std::path::{Path, PathBuf};
 
@@ -8,25 +10,11 @@ use anyhow::Result;
 
 use runner_api::{ComponentKind, MaskingRates, Options};
 
+use super::check::{self, EvalSource, Problems, TrainLength, Warmup};
+use super::files;
 use super::raw::{ExampleMode, RawRecipe};
 use crate::error::user_msg;
 use crate::registry::Registry;
-
-/// Where eval text comes from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EvalSource {
-    /// A separate held-out corpus.
-    Path(PathBuf),
-    /// This fraction of the training documents, chosen with `eval.seed`.
-    Holdout(f64),
-}
-
-/// How long training runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum TrainLength {
-    Steps(u64),
-    Epochs(f64),
-}
 
 /// A checked recipe: the only form the engine reads.
 #[derive(Debug, Clone)]
@@ -55,42 +43,13 @@ pub struct Recipe {
     pub warmup: Warmup,
 }
 
-/// Warmup length, before the number of steps is known.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Warmup {
-    Steps(u64),
-    Ratio(f64),
-}
-
-struct Problems(Vec<String>);
-
-impl Problems {
-    fn check(&mut self, ok: bool, key: &str, msg: impl FnOnce() -> String) {
-        if !ok {
-            self.0.push(format!("{key}: {}", msg()));
-        }
-    }
-    fn push(&mut self, key: &str, msg: impl std::fmt::Display) {
-        self.0.push(format!("{key}: {msg}"));
-    }
-}
-
-fn probability(p: &mut Problems, key: &str, v: f64) {
-    p.check((0.0..=1.0).contains(&v), key, || format!("must be in [0, 1], got {v}"));
-}
-
-fn existing(p: &mut Problems, key: &str, path: &Path, what: &str) {
-    if !path.exists() {
-        p.push(key, format!("{what} {} does not exist", path.display()));
-    }
-}
-
 /// A corpus path: an `hf://` dataset is checked without downloading (see
-/// `hub::check_recipe_path`); a local one must exist. True for `hf://`.
+/// `hub::check_recipe_path`); a local one must be a file or folder that holds
+/// text (see `files::local_corpus`). True for `hf://`.
 fn corpus(p: &mut Problems, key: &str, path: &Path, what: &str) -> bool {
     match crate::hub::check_recipe_path(path, crate::hub::RepoType::Dataset) {
         None => {
-            existing(p, key, path, what);
+            files::local_corpus(p, key, path, what);
             false
         }
         Some(checked) => {
@@ -125,15 +84,12 @@ pub fn parse_device(s: &str) -> Result<tch::Device, String> {
 
 /// Checks a raw recipe and resolves it. `source` is the recipe file, for messages.
 pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Recipe> {
-    let mut p = Problems(Vec::new());
-
-    // run
-    let name = &raw.run.name;
-    p.check(
-        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && name != "." && name != "..",
-        "run.name",
-        || format!("`{name}` must be a non-empty name of letters, digits, '-', '_' or '.'"),
-    );
+    let mut p = Problems::default();
+    let checked = check::values(&raw, &mut p);
+    let run_dir = raw.run.output_dir.join(&raw.run.name);
+    if p.0.iter().all(|e| !e.starts_with("run.name")) {
+        files::output_dir(&mut p, &raw.run.output_dir, &run_dir);
+    }
 
     // data
     let d = &raw.data;
@@ -146,25 +102,12 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
         }
     }
     let mut from_hub = corpus(&mut p, "data.train", &d.train, "training corpus");
-    let eval_source = match &d.eval {
-        Some(path) => {
-            from_hub |= corpus(&mut p, "data.eval", path, "eval corpus");
-            EvalSource::Path(path.clone())
-        }
-        None => {
-            p.check(d.holdout > 0.0 && d.holdout < 1.0, "data.holdout", || {
-                format!("must be in (0, 1) when data.eval is not given, got {}", d.holdout)
-            });
-            EvalSource::Holdout(d.holdout)
-        }
-    };
+    if let Some(path) = &d.eval {
+        from_hub |= corpus(&mut p, "data.eval", path, "eval corpus");
+    }
     p.check(!from_hub || d.dataset == "parquet", "data.dataset", || {
         format!("hf:// datasets are read as parquet files: set data.dataset: parquet (got `{}`)", d.dataset)
     });
-    p.check(d.max_seq_len >= 8, "data.max_seq_len", || format!("must be at least 8, got {}", d.max_seq_len));
-    if let Some(n) = d.max_train_documents {
-        p.check(n > 0, "data.max_train_documents", || "must be positive".into());
-    }
 
     // model and tokenizer
     let m = &raw.model;
@@ -176,30 +119,40 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
             }
         }
     }
+    let config_overrides = m.options.get("config").and_then(serde_yaml::Value::as_mapping);
+    let mut limits = files::ModelLimits::default();
+    let mut local_model = None;
     if let Some(dir) = &m.checkpoint {
         if let Some(checked) = crate::hub::check_recipe_path(dir, crate::hub::RepoType::Model) {
-            // Downloaded at the start of `run`; its tokenizer.json is looked for then.
+            // Downloaded at the start of `run`; its files are checked then.
             if let Err(e) = checked {
                 p.push("model.checkpoint", e);
             }
-        } else if !dir.is_dir() {
-            p.push("model.checkpoint", format!("model directory {} does not exist", dir.display()));
         } else {
-            for f in ["config.json", "model.safetensors"] {
-                if !dir.join(f).is_file() {
-                    p.push("model.checkpoint", format!("{} has no {f}", dir.display()));
-                }
-            }
+            limits = files::model_folder(&mut p, dir, config_overrides);
+            local_model = Some(dir.join("config.json"));
         }
     }
+    if let Some(positions) = limits.max_positions {
+        p.check(d.max_seq_len as i64 <= positions, "data.max_seq_len", || {
+            format!("{} is longer than the model's {positions} positions (max_position_embeddings)", d.max_seq_len)
+        });
+    }
+    let hub_model = m.checkpoint.as_deref().is_some_and(|c| crate::hub::as_hub(c).is_some());
     let tokenizer = match (&raw.tokenizer.path, &m.checkpoint) {
         (Some(t), _) => {
-            existing(&mut p, "tokenizer.path", t, "tokenizer file");
+            if t.is_file() {
+                files::tokenizer(&mut p, "tokenizer.path", t, limits, local_model.clone());
+            } else {
+                p.push("tokenizer.path", format!("tokenizer file {} does not exist", t.display()));
+            }
             t.clone()
         }
         (None, Some(dir)) => {
             let t = dir.join("tokenizer.json");
-            if dir.is_dir() && !t.is_file() {
+            if t.is_file() {
+                files::tokenizer(&mut p, "tokenizer.path", &t, limits, local_model.clone());
+            } else if !hub_model && dir.is_dir() {
                 p.push("tokenizer.path", format!("not given, and {} has no tokenizer.json", dir.display()));
             }
             t
@@ -220,76 +173,20 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
             }
         }
     }
-    probability(&mut p, "masking.rate", mk.rate);
-    probability(&mut p, "masking.mask_token_rate", mk.mask_token_rate);
-    probability(&mut p, "masking.random_token_rate", mk.random_token_rate);
-    p.check(mk.mask_token_rate + mk.random_token_rate <= 1.0 + 1e-9, "masking.random_token_rate", || {
-        format!(
-            "mask_token_rate + random_token_rate must be at most 1, got {} + {}",
-            mk.mask_token_rate, mk.random_token_rate
-        )
-    });
 
     // training
     let t = &raw.training;
-    p.check(t.batch_size > 0, "training.batch_size", || "must be positive".into());
-    p.check(t.grad_accum_steps > 0, "training.grad_accum_steps", || "must be positive".into());
-    let length = match (t.max_steps, t.epochs) {
-        (Some(_), Some(_)) => {
-            p.push("training.max_steps", "give max_steps or epochs, not both");
-            TrainLength::Epochs(1.0)
-        }
-        (Some(s), None) => {
-            p.check(s > 0, "training.max_steps", || "must be positive".into());
-            TrainLength::Steps(s)
-        }
-        (None, Some(e)) => {
-            p.check(e > 0.0, "training.epochs", || format!("must be positive, got {e}"));
-            TrainLength::Epochs(e)
-        }
-        (None, None) => TrainLength::Epochs(1.0),
-    };
-    p.check(t.lr > 0.0 && t.lr.is_finite(), "training.lr", || format!("must be positive, got {}", t.lr));
-    p.check(t.weight_decay >= 0.0, "training.weight_decay", || format!("must be >= 0, got {}", t.weight_decay));
-    for (key, b) in [("training.adam_beta1", t.adam_beta1), ("training.adam_beta2", t.adam_beta2)] {
-        p.check((0.0..1.0).contains(&b), key, || format!("must be in [0, 1), got {b}"));
-    }
-    p.check(t.adam_eps > 0.0, "training.adam_eps", || format!("must be positive, got {}", t.adam_eps));
-    let warmup = match t.warmup_steps {
-        Some(s) => Warmup::Steps(s),
-        None => {
-            probability(&mut p, "training.warmup_ratio", t.warmup_ratio);
-            Warmup::Ratio(t.warmup_ratio)
-        }
-    };
-    if let Some(c) = t.max_grad_norm {
-        p.check(c > 0.0, "training.max_grad_norm", || format!("must be positive (or null for no clipping), got {c}"));
-    }
-    p.check(t.log_every > 0, "training.log_every", || "must be positive".into());
     let threads = t.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    p.check(threads > 0, "training.threads", || "must be positive".into());
     let device = parse_device(&t.device).unwrap_or_else(|e| {
         p.push("training.device", e);
         tch::Device::Cpu
     });
     let (precision, precision_reason) = crate::precision::choose(t.precision, device);
-    let d = &t.distributed;
-    p.check(d.timeout_s > 0.0 && d.timeout_s.is_finite(), "training.distributed.timeout_s", || {
-        format!("must be a positive number of seconds, got {}", d.timeout_s)
-    });
-    if d.backend == crate::recipe::raw::DistBackend::Nccl && !device.is_cuda() {
+    if t.distributed.backend == crate::recipe::raw::DistBackend::Nccl && !device.is_cuda() {
         p.push("training.distributed.backend", "nccl needs training.device: cuda (use gloo on the CPU)".to_string());
     }
 
-    // eval and metrics
-    p.check(raw.eval.batch_size > 0, "eval.batch_size", || "must be positive".into());
-    if let Some(r) = raw.eval.masking_rate {
-        probability(&mut p, "eval.masking_rate", r);
-    }
-    if let Some(n) = raw.eval.max_sequences {
-        p.check(n > 0, "eval.max_sequences", || "must be positive".into());
-    }
-    p.check(!raw.metrics.is_empty(), "metrics", || "list at least one metric".into());
+    // metrics
     for (i, m) in raw.metrics.iter().enumerate() {
         if let Err(e) = registry.get(ComponentKind::Metric, m) {
             p.push(&format!("metrics[{i}]"), e);
@@ -307,7 +204,7 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
     }
 
     Ok(Recipe {
-        run_dir: raw.run.output_dir.join(&raw.run.name),
+        run_dir,
         source: source.to_path_buf(),
         device,
         threads,
@@ -316,7 +213,7 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
         dataset: raw.data.dataset.clone(),
         dataset_options: raw.data.options.clone(),
         train_path: raw.data.train.clone(),
-        eval_source,
+        eval_source: checked.eval_source,
         examples: raw.data.examples,
         max_seq_len: raw.data.max_seq_len,
         tokenizer,
@@ -325,8 +222,8 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
             mask_token: raw.masking.mask_token_rate,
             random_token: raw.masking.random_token_rate,
         },
-        length,
-        warmup,
+        length: checked.length,
+        warmup: checked.warmup,
         raw,
     })
 }

@@ -1,6 +1,7 @@
 //! Recipe templates: the `{# grid: ... #}` header, rendering with minijinja
 //! (strict undefined variables, includes and extends relative to the template's
-//! directory), and error messages that name the template file and line.
+//! directory and never outside it), and error messages that name the template
+//! file and line (for a block never closed, the line that opens it).
 
 use std::path::{Path, PathBuf};
 
@@ -63,7 +64,7 @@ impl Template {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
-        env.set_loader(minijinja::path_loader(self.dir()));
+        env.set_loader(folder_loader(self.dir()));
         let name = self.name();
         // The template itself comes from the text already read; its neighbours from the loader.
         env.add_template_owned(name.clone(), self.text.clone())
@@ -93,14 +94,98 @@ impl Template {
             Some(d) => format!("{}: {d}", located.kind()),
             None => located.kind().to_string(),
         };
+        let src = std::fs::read_to_string(&file).unwrap_or_default();
+        // minijinja finds an unclosed block at the end of the file; say where it opens.
+        if located.kind() == minijinja::ErrorKind::SyntaxError && located.detail().is_some_and(|d| d.contains("end of input")) {
+            if let Some((line, tag)) = unclosed_block(&src) {
+                return user_msg(format!(
+                    "{}:{line}: syntax error: `{{% {tag} %}}` opened here is never closed (no `{{% end{tag} %}}`){}",
+                    file.display(),
+                    show_line(&src, line)
+                ));
+            }
+        }
         match located.line() {
             Some(line) => {
-                let src = std::fs::read_to_string(&file).unwrap_or_default();
                 user_msg(format!("{}:{line}: {what}{}", file.display(), show_line(&src, line)))
             }
             None => user_msg(format!("{}: {what}", file.display())),
         }
     }
+}
+
+/// A minijinja loader for templates under `dir` only: a name with `..`, a
+/// leading `/`, a backslash, or one that leads (through a link) outside `dir` is an
+/// error, not a file read.
+fn folder_loader(dir: PathBuf) -> impl Fn(&str) -> Result<Option<String>, minijinja::Error> + Send + Sync + 'static {
+    move |name: &str| {
+        let outside = || {
+            minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("`{name}` is outside the template's folder {}; templates include only files under it", dir.display()),
+            )
+        };
+        if name.starts_with('/') || name.contains('\\') || name.split('/').any(|s| s == "..") {
+            return Err(outside());
+        }
+        let path = dir.join(name);
+        let (Ok(real), Ok(base)) = (path.canonicalize(), dir.canonicalize()) else {
+            return Ok(None); // not there: minijinja says "template not found"
+        };
+        if !real.starts_with(&base) {
+            return Err(outside());
+        }
+        std::fs::read_to_string(&real).map(Some).map_err(|e| {
+            minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("cannot read {}: {e}", real.display()))
+        })
+    }
+}
+
+/// The innermost block tag (`if`, `for`, `macro`, ...) of `text` that is never
+/// closed, with its 1-based line. Comments and `raw` blocks are skipped.
+pub fn unclosed_block(text: &str) -> Option<(usize, String)> {
+    const BLOCKS: &[&str] = &["if", "for", "block", "macro", "call", "filter", "with", "autoescape", "set"];
+    let mut open: Vec<(usize, String)> = Vec::new();
+    let mut rest = text;
+    let mut consumed = 0;
+    while let Some(i) = rest.find("{%").into_iter().chain(rest.find("{#")).min() {
+        let at = consumed + i;
+        let (close, is_comment) = if rest[i..].starts_with("{#") { ("#}", true) } else { ("%}", false) };
+        let Some(end) = rest[i + 2..].find(close) else { break };
+        let inner = &rest[i + 2..i + 2 + end];
+        let next = i + 2 + end + 2;
+        if !is_comment {
+            let inner = inner.trim_matches(['-', '+', '~']).trim();
+            let word = inner.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').next().unwrap_or("");
+            let line = 1 + text[..at].matches('\n').count();
+            if word == "raw" {
+                // Skip to {% endraw %}.
+                match text[consumed + next..].find("endraw") {
+                    Some(j) => {
+                        let after = consumed + next + j;
+                        match text[after..].find("%}") {
+                            Some(k) => {
+                                consumed = after + k + 2;
+                                rest = &text[consumed..];
+                                continue;
+                            }
+                            None => break,
+                        }
+                    }
+                    None => return Some((line, "raw".into())),
+                }
+            }
+            // `{% set x = 1 %}` is a statement; only `{% set x %}...{% endset %}` is a block.
+            if BLOCKS.contains(&word) && !(word == "set" && inner.contains('=')) {
+                open.push((line, word.to_string()));
+            } else if word.starts_with("end") && BLOCKS.contains(&&word[3..]) {
+                open.pop();
+            }
+        }
+        consumed += next;
+        rest = &text[consumed..];
+    }
+    open.pop()
 }
 
 /// `\n  N | text` for line `line` (1-based) of `text`, or nothing past the end.
@@ -190,6 +275,31 @@ mod tests {
     fn ordinary_comments_and_no_header() {
         assert!(parse_header("{# just a note #}\nrun: {}").unwrap().grid.is_empty());
         assert!(parse_header("run: {}\n{# grid: {a.b: [1]} #}").unwrap().grid.is_empty());
+    }
+
+    #[test]
+    fn an_unclosed_block_is_found_where_it_opens() {
+        let text = "run:\n{% if a %}\n  x: 1\n{% for i in b %}{{ i }}{% endfor %}\n{# {% if c %} #}\n{% set y = 2 %}\nz: 3\n";
+        assert_eq!(unclosed_block(text), Some((2, "if".to_string())));
+        assert_eq!(unclosed_block("{% if a %}{% endif %}{% raw %}{% if %}{% endraw %}"), None);
+        assert_eq!(unclosed_block("{% for x in y %}\n{%- if x -%}\n{% endif %}"), Some((1, "for".to_string())));
+    }
+
+    #[test]
+    fn includes_stay_in_the_template_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("t");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::write(dir.path().join("secret.yaml"), "s: 1\n").unwrap();
+        std::fs::write(inner.join("part.yaml"), "p: 1\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret.yaml"), inner.join("link.yaml")).unwrap();
+        let load = folder_loader(inner.clone());
+        assert_eq!(load("part.yaml").unwrap().as_deref(), Some("p: 1\n"));
+        assert_eq!(load("nope.yaml").unwrap(), None);
+        for name in ["../secret.yaml", "/etc/passwd", "a/../../secret.yaml", "link.yaml"] {
+            let err = load(name).unwrap_err().to_string();
+            assert!(err.contains("outside the template's folder"), "{name}: {err}");
+        }
     }
 
     #[test]

@@ -1,0 +1,233 @@
+//! The checks of a recipe that need nothing but the recipe: ranges, positive
+//! sizes, exclusive keys, the run name. `resolve.rs` runs them first, then the
+//! checks that look at files, the model's config and the plugins.
+//!
+//! Nothing here touches the file system or libtorch: the recipe fuzz target
+//! (`fuzz/`) compiles this file as it is.
+
+use std::path::PathBuf;
+
+use super::raw::RawRecipe;
+
+/// Where eval text comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalSource {
+    /// A separate held-out corpus.
+    Path(PathBuf),
+    /// This fraction of the training documents, chosen with `eval.seed`.
+    Holdout(f64),
+}
+
+/// How long training runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TrainLength {
+    Steps(u64),
+    Epochs(f64),
+}
+
+/// Warmup length, before the number of steps is known.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Warmup {
+    Steps(u64),
+    Ratio(f64),
+}
+
+/// Problems found so far, each `key: what is wrong`.
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<String>);
+
+impl Problems {
+    pub fn check(&mut self, ok: bool, key: &str, msg: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(format!("{key}: {}", msg()));
+        }
+    }
+    pub fn push(&mut self, key: &str, msg: impl std::fmt::Display) {
+        self.0.push(format!("{key}: {msg}"));
+    }
+}
+
+/// The longest file name most Linux file systems take (`NAME_MAX`), in bytes.
+pub const NAME_MAX: usize = 255;
+
+fn probability(p: &mut Problems, key: &str, v: f64) {
+    p.check((0.0..=1.0).contains(&v), key, || format!("must be in [0, 1], got {v}"));
+}
+
+/// A rate of tokens to mask: zero would train (or score) nothing.
+fn masking_rate(p: &mut Problems, key: &str, v: f64) {
+    p.check(v > 0.0 && v <= 1.0, key, || format!("must be in (0, 1] (0 masks nothing, so nothing is learned), got {v}"));
+}
+
+/// Why `name` cannot be a folder under `run.output_dir`, if it cannot: it must be
+/// one plain file name (no separator, no `..`) that the file system takes.
+pub fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if name.contains('/') || name.contains('\\') || name == "." || name == ".." {
+        return Some(format!("`{name}` must be a name, not a path: it may not contain '/' or be '.' or '..'"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Some(format!("`{name}` must be a name of letters, digits, '-', '_' or '.'"));
+    }
+    if name.len() > NAME_MAX {
+        return Some(format!("is {} characters long; the file system takes at most {NAME_MAX}", name.len()));
+    }
+    None
+}
+
+/// What the value checks work out on the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    pub eval_source: EvalSource,
+    pub length: TrainLength,
+    pub warmup: Warmup,
+}
+
+/// Checks every value of `raw` that needs nothing else, adding to `p`.
+pub fn values(raw: &RawRecipe, p: &mut Problems) -> Checked {
+    // run
+    if let Some(why) = name_problem(&raw.run.name) {
+        p.push("run.name", why);
+    }
+
+    // data
+    let d = &raw.data;
+    let eval_source = match &d.eval {
+        Some(path) => EvalSource::Path(path.clone()),
+        None => {
+            p.check(d.holdout > 0.0 && d.holdout < 1.0, "data.holdout", || {
+                format!("must be in (0, 1) when data.eval is not given, got {}", d.holdout)
+            });
+            EvalSource::Holdout(d.holdout)
+        }
+    };
+    p.check(d.max_seq_len >= 8, "data.max_seq_len", || format!("must be at least 8, got {}", d.max_seq_len));
+    if let Some(n) = d.max_train_documents {
+        p.check(n > 0, "data.max_train_documents", || "must be positive".into());
+    }
+
+    // masking
+    let mk = &raw.masking;
+    masking_rate(p, "masking.rate", mk.rate);
+    probability(p, "masking.mask_token_rate", mk.mask_token_rate);
+    probability(p, "masking.random_token_rate", mk.random_token_rate);
+    p.check(mk.mask_token_rate + mk.random_token_rate <= 1.0 + 1e-9, "masking.random_token_rate", || {
+        format!(
+            "mask_token_rate + random_token_rate must be at most 1, got {} + {}",
+            mk.mask_token_rate, mk.random_token_rate
+        )
+    });
+
+    // training
+    let t = &raw.training;
+    p.check(t.batch_size > 0, "training.batch_size", || "must be positive".into());
+    p.check(t.grad_accum_steps > 0, "training.grad_accum_steps", || "must be positive".into());
+    let length = match (t.max_steps, t.epochs) {
+        (Some(_), Some(_)) => {
+            p.push("training.max_steps", "give max_steps or epochs, not both");
+            TrainLength::Epochs(1.0)
+        }
+        (Some(s), None) => {
+            p.check(s > 0, "training.max_steps", || "must be positive".into());
+            TrainLength::Steps(s)
+        }
+        (None, Some(e)) => {
+            p.check(e > 0.0 && e.is_finite(), "training.epochs", || format!("must be a positive number, got {e}"));
+            TrainLength::Epochs(e)
+        }
+        (None, None) => TrainLength::Epochs(1.0),
+    };
+    p.check(t.lr > 0.0 && t.lr.is_finite(), "training.lr", || format!("must be positive, got {}", t.lr));
+    p.check(t.weight_decay >= 0.0 && t.weight_decay.is_finite(), "training.weight_decay", || {
+        format!("must be >= 0, got {}", t.weight_decay)
+    });
+    for (key, b) in [("training.adam_beta1", t.adam_beta1), ("training.adam_beta2", t.adam_beta2)] {
+        p.check((0.0..1.0).contains(&b), key, || format!("must be in [0, 1), got {b}"));
+    }
+    p.check(t.adam_eps > 0.0 && t.adam_eps.is_finite(), "training.adam_eps", || format!("must be positive, got {}", t.adam_eps));
+    let warmup = match t.warmup_steps {
+        Some(s) => Warmup::Steps(s),
+        None => {
+            probability(p, "training.warmup_ratio", t.warmup_ratio);
+            Warmup::Ratio(t.warmup_ratio)
+        }
+    };
+    if let Some(c) = t.max_grad_norm {
+        p.check(c > 0.0 && !c.is_nan(), "training.max_grad_norm", || {
+            format!("must be positive (or null for no clipping), got {c}")
+        });
+    }
+    p.check(t.log_every > 0, "training.log_every", || "must be positive".into());
+    p.check(t.threads != Some(0), "training.threads", || "must be positive".into());
+    let dist = &t.distributed;
+    p.check(dist.timeout_s > 0.0 && dist.timeout_s.is_finite(), "training.distributed.timeout_s", || {
+        format!("must be a positive number of seconds, got {}", dist.timeout_s)
+    });
+
+    // eval and metrics
+    p.check(raw.eval.batch_size > 0, "eval.batch_size", || "must be positive".into());
+    if let Some(r) = raw.eval.masking_rate {
+        masking_rate(p, "eval.masking_rate", r);
+    }
+    if let Some(n) = raw.eval.max_sequences {
+        p.check(n > 0, "eval.max_sequences", || "must be positive".into());
+    }
+    p.check(!raw.metrics.is_empty(), "metrics", || "list at least one metric".into());
+
+    Checked { eval_source, length, warmup }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(overrides: &[&str]) -> Vec<String> {
+        let text = "run: {name: a}\ndata: {train: c.txt}\nmodel: {checkpoint: m}\n";
+        let sets: Vec<_> = overrides.iter().map(|s| s.parse().unwrap()).collect();
+        let raw = super::super::parse::parse(text, "r.yaml", &sets).unwrap();
+        let mut p = Problems::default();
+        values(&raw, &mut p);
+        p.0
+    }
+
+    #[test]
+    fn defaults_pass() {
+        assert_eq!(problems(&[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_zero_masking_rate_is_refused() {
+        let p = problems(&["masking.rate=0"]);
+        assert!(p.len() == 1 && p[0].starts_with("masking.rate: must be in (0, 1]"), "{p:?}");
+        let p = problems(&["eval.masking_rate=0.0"]);
+        assert!(p.len() == 1 && p[0].starts_with("eval.masking_rate:"), "{p:?}");
+        assert!(problems(&["masking.rate=1.0"]).is_empty());
+    }
+
+    #[test]
+    fn run_names_stay_inside_the_output_folder() {
+        for bad in ["../x", "/abs", "a/b", "..", ".", "", "a\\b"] {
+            let why = name_problem(bad);
+            assert!(why.is_some(), "`{bad}` is refused");
+        }
+        assert!(name_problem(&"a".repeat(NAME_MAX + 1)).unwrap().contains("at most 255"));
+        assert!(name_problem(&"a".repeat(NAME_MAX)).is_none());
+        assert!(name_problem("run-1_b.2").is_none());
+    }
+
+    #[test]
+    fn non_finite_numbers_are_refused() {
+        for (set, key) in [
+            ("training.epochs=.inf", "training.epochs"),
+            ("training.weight_decay=.nan", "training.weight_decay"),
+            ("training.adam_eps=.inf", "training.adam_eps"),
+            ("training.max_grad_norm=.nan", "training.max_grad_norm"),
+            ("masking.rate=.nan", "masking.rate"),
+        ] {
+            let p = problems(&[set]);
+            assert!(p.len() == 1 && p[0].starts_with(key), "{set}: {p:?}");
+        }
+    }
+}
