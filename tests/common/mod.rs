@@ -64,3 +64,26 @@ pub fn assert_error(o: &Output, code: i32, needles: &[&str]) {
         assert!(err.contains(n), "message should say `{n}`:\n{err}");
     }
 }
+
+/// Builds a plugin crate outside the workspace with cargo (into
+/// target/plugin-tests, shared by every test that builds one); returns the
+/// folder holding its library.
+pub fn build_plugin(manifest_dir: &Path) -> PathBuf {
+    let target = root().join("target/plugin-tests");
+    let o = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(manifest_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .env("LIBTORCH", root().join(".venv/torch"))
+        .env("LIBTORCH_CXX11_ABI", "1")
+        .output()
+        .expect("cargo runs");
+    assert!(o.status.success(), "building {} failed:\n{}", manifest_dir.display(), stderr(&o));
+    target.join("debug")
+}
+
+/// The library file a plugin crate builds.
+pub fn library(dir: &Path, crate_name: &str) -> PathBuf {
+    dir.join(format!("lib{}.so", crate_name.replace('-', "_")))
+}
