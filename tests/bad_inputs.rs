@@ -346,7 +346,7 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         // Plugins.
         set("missing plugin", &[&plugin(&ws("nope.so"))], "is neither a plugin library nor a folder"),
         set("truncated plugin", &[&plugin(&ws("plugins/libcut.so"))], "cut short"),
-        set("not a library", &[&plugin(&ws("plugins/libtext.so"))], "no ELF header"),
+        set("not a library", &[&plugin(&ws("plugins/libtext.so"))], "not a shared library"),
         set("plugin for another ABI", &[&plugin(&bad_abi)], "plugin ABI version 999"),
         row("panicking plugin", &["run", &tiny, "--set", &plugin(&panicky), "--set", "masking.strategy=panicky"], "with a panic: this masker always panics")
             .code(1)
