@@ -195,6 +195,25 @@ pub struct TrainingSection {
     pub log_every: u64,
     /// Data-parallel settings, used when several processes run the recipe.
     pub distributed: DistributedSection,
+    /// Checkpoints to resume from, written during the run.
+    pub checkpoint: CheckpointSection,
+}
+
+/// `training.checkpoint:` how often the run saves what a resume needs
+/// (`checkpoints/step-N/`), and how many of those it keeps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Save every this many steps; 0 = only when stopped by a signal.
+    pub every: u64,
+    /// Keep the newest this many; older ones are deleted once a new one is complete.
+    pub keep: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection { every: 500, keep: 2 }
+    }
 }
 
 /// `training.distributed:` how processes talk when `runner launch`, torchrun
@@ -244,6 +263,7 @@ impl Default for TrainingSection {
             max_grad_norm: Some(1.0),
             log_every: 10,
             distributed: DistributedSection::default(),
+            checkpoint: CheckpointSection::default(),
         }
     }
 }

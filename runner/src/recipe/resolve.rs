@@ -266,6 +266,7 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
         p.check(c > 0.0, "training.max_grad_norm", || format!("must be positive (or null for no clipping), got {c}"));
     }
     p.check(t.log_every > 0, "training.log_every", || "must be positive".into());
+    p.check(t.checkpoint.keep > 0, "training.checkpoint.keep", || "must be at least 1 (set training.checkpoint.every: 0 to save only when stopped)".into());
     let threads = t.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     p.check(threads > 0, "training.threads", || "must be positive".into());
     let device = parse_device(&t.device).unwrap_or_else(|e| {

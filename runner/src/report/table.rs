@@ -51,7 +51,8 @@ pub fn collect(dir: &Path) -> Result<Runs> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("cannot list {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir() && has_metrics(p))
+            // Hidden folders are results moved aside by --overwrite, not runs.
+            .filter(|p| p.is_dir() && has_metrics(p) && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
             .collect();
         v.sort();
         v
