@@ -21,10 +21,68 @@ pub struct RawRecipe {
     #[serde(default)]
     pub eval: EvalSection,
     #[serde(default = "default_metrics")]
-    pub metrics: Vec<String>,
+    pub metrics: Vec<MetricEntry>,
     /// Extra plugin libraries or folders of them, loaded before the recipe is checked.
     #[serde(default)]
     pub plugins: Vec<PathBuf>,
+}
+
+/// One entry of `metrics:`: a bare name (`loss`), or a name with options
+/// (`{name: probe, options: {...}}`). Written back as it was given.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum MetricEntry {
+    Name(String),
+    WithOptions(MetricWithOptions),
+}
+
+/// The long form of a metric entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricWithOptions {
+    pub name: String,
+    #[serde(default)]
+    pub options: serde_yaml::Mapping,
+}
+
+impl MetricEntry {
+    pub fn name(&self) -> &str {
+        match self {
+            MetricEntry::Name(n) => n,
+            MetricEntry::WithOptions(m) => &m.name,
+        }
+    }
+
+    pub fn options(&self) -> serde_yaml::Mapping {
+        match self {
+            MetricEntry::Name(_) => serde_yaml::Mapping::new(),
+            MetricEntry::WithOptions(m) => m.options.clone(),
+        }
+    }
+}
+
+impl From<&str> for MetricEntry {
+    fn from(name: &str) -> Self {
+        MetricEntry::Name(name.to_string())
+    }
+}
+
+/// A string, or a mapping read with `deny_unknown_fields` (an untagged enum
+/// would only say that no variant matched).
+impl<'de> Deserialize<'de> for MetricEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(s) => Ok(MetricEntry::Name(s)),
+            v @ serde_yaml::Value::Mapping(_) => {
+                serde_yaml::from_value(v).map(MetricEntry::WithOptions).map_err(D::Error::custom)
+            }
+            other => Err(D::Error::custom(format!(
+                "a metric is a name or {{name: ..., options: {{...}}}}, got {}",
+                serde_yaml::to_string(&other).unwrap_or_default().trim()
+            ))),
+        }
+    }
 }
 
 /// `run:` what the run is called, its seed and where results go.
@@ -327,6 +385,6 @@ fn default_random_token_rate() -> f64 {
 fn default_model() -> String {
     "bert".into()
 }
-fn default_metrics() -> Vec<String> {
+fn default_metrics() -> Vec<MetricEntry> {
     vec!["loss".into(), "perplexity".into(), "accuracy".into()]
 }

@@ -158,7 +158,8 @@ pub fn run(recipe: &Recipe, registry: &Registry, start: Start) -> Result<RunOutc
             recipe.max_seq_len, info.max_positions
         )));
     }
-    let metrics = components::metrics(registry, &recipe.raw.metrics)?;
+    let metrics =
+        components::metrics(registry, &recipe.raw.metrics, &tokenizer::Encoder(&tok), &vocab, info.max_positions as usize)?;
 
     // Length of the run.
     let t = &recipe.raw.training;
