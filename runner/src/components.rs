@@ -7,6 +7,7 @@
 //! in [`Bound`], models and metrics in a [`Wrapped`] with the [`LibraryHook`],
 //! whose forwarding `runner_api::contract!` writes from the trait itself.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,10 +18,11 @@ use runner_api::guard::Builder;
 use runner_api::wrap::{Hook, Wrapped};
 use runner_api::{
     ComponentKind, Dataset, Documents, MaskedSequence, Masker, MaskingRates, Metric, MlmModel, ModelSource, Options,
-    RngCore, VocabInfo,
+    RngCore, Tokenize, VocabInfo,
 };
 
 use crate::error::user_msg;
+use crate::recipe::raw::MetricEntry;
 use crate::registry::{Entry, Registry};
 
 /// A component and the library it came from. Field order matters: the
@@ -105,15 +107,33 @@ pub fn model(registry: &Registry, name: &str, source: &ModelSource) -> Result<Bo
     Ok(Box::new(wrapped(inner, e)))
 }
 
-pub fn metrics(registry: &Registry, names: &[String]) -> Result<Vec<Box<dyn Metric>>> {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let e = entry(registry, ComponentKind::Metric, name, &format!("metrics[{i}]"))?;
-            let Builder::Metric(build) = &e.component.builder else { unreachable!("looked up by kind") };
-            let inner = build(&Options::new()).map_err(|err| user_msg(format!("metrics[{i}]: {err:#}")))?;
-            Ok(Box::new(wrapped(inner, e)) as Box<dyn Metric>)
-        })
-        .collect()
+/// Builds every metric of the recipe and prepares it with the run's tokenizer
+/// (a probe tokenizes its labelled examples here, once). Two metrics that
+/// report the same column are refused.
+pub fn metrics(
+    registry: &Registry,
+    entries: &[MetricEntry],
+    tokenizer: &dyn Tokenize,
+    vocab: &VocabInfo,
+    max_positions: usize,
+) -> Result<Vec<Box<dyn Metric>>> {
+    let mut built: Vec<Box<dyn Metric>> = Vec::with_capacity(entries.len());
+    let mut columns: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, m) in entries.iter().enumerate() {
+        let key = format!("metrics[{i}]");
+        let e = entry(registry, ComponentKind::Metric, m.name(), &key)?;
+        let Builder::Metric(build) = &e.component.builder else { unreachable!("looked up by kind") };
+        let inner = build(&m.options()).map_err(|err| user_msg(format!("{key}.options: {err:#}")))?;
+        let mut metric = Box::new(wrapped(inner, e)) as Box<dyn Metric>;
+        metric.prepare(tokenizer, vocab, max_positions).map_err(|err| user_msg(format!("{key}.options: {err:#}")))?;
+        for column in metric.compute()?.into_keys() {
+            if let Some(j) = columns.insert(column.clone(), i) {
+                return Err(user_msg(format!(
+                    "{key}: reports `{column}`, as metrics[{j}] does (give each probe its own `name` option)"
+                )));
+            }
+        }
+        built.push(metric);
+    }
+    Ok(built)
 }

@@ -17,8 +17,12 @@ pub fn user_msg(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UserError(msg.into()))
 }
 
-/// Exit code for an error: 2 for user mistakes, 1 otherwise.
+/// Exit code for an error: 128 + the signal for a run stopped by one, 2 for
+/// user mistakes, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(stopped) = err.downcast_ref::<crate::train::signals::Interrupted>() {
+        return (128 + stopped.signal) as u8;
+    }
     if err.chain().any(|e| e.downcast_ref::<UserError>().is_some()) {
         2
     } else {

@@ -25,7 +25,11 @@ fn main() -> ExitCode {
     match runner::cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", runner::error::render(&err));
+            if err.downcast_ref::<runner::train::signals::Interrupted>().is_some() {
+                eprintln!("{err}"); // not a failure: where the checkpoint is and how to go on
+            } else {
+                eprintln!("error: {}", runner::error::render(&err));
+            }
             ExitCode::from(runner::error::exit_code(&err))
         }
     }

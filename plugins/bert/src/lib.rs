@@ -136,6 +136,10 @@ impl MlmModel for Bert {
         Ok(self.model.logits(input_ids, attention_mask, Mode::Eval))
     }
 
+    fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        Ok(self.model.encode(input_ids, attention_mask, Mode::Eval))
+    }
+
     fn parameters(&self) -> Result<Vec<Parameter>> {
         let mut vars: Vec<Parameter> = Vec::new();
         let named = self.vs.variables();

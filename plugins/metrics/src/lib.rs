@@ -7,17 +7,26 @@
 //! token of each eval sequence is masked in turn (batched), and
 //! PPPL = exp(-mean log p(token | rest)).
 //!
+//! `probe` (in [`probe`]) fits a logistic-regression head on the frozen
+//! encoder's features of a labelled task and scores it, at every eval.
+//!
 //! The batch metrics report their sums ([`Metric::partial_sums`]), so an eval
 //! split over processes adds up to a single process's figures;
 //! pseudo-perplexity does not split, and every process then scores everything.
 
+pub mod labelled;
+pub mod logreg;
+pub mod probe;
+
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use serde::Deserialize;
 use tch::{Kind, Reduction, Tensor};
 
 use runner_api::{
-    no_options, Component, Factory, Metric, MlmModel, MlmOutput, Options, ParamDoc, Registrar, VocabInfo, IGNORE_INDEX,
+    no_options, parse_options, Component, Factory, Metric, MlmModel, MlmOutput, Options, ParamDoc, Registrar, VocabInfo,
+    IGNORE_INDEX,
 };
 
 /// Summed cross-entropy and token count over an eval pass.
@@ -185,9 +194,39 @@ impl Metric for PseudoPerplexity {
     }
 }
 
+/// `pseudo_perplexity`'s options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PppOptions {
+    /// Eval sequences scored.
+    #[serde(default = "default_sequences")]
+    sequences: usize,
+    /// Masked copies per forward pass.
+    #[serde(default = "default_ppp_batch")]
+    batch_size: usize,
+}
+
+fn default_sequences() -> usize {
+    16
+}
+fn default_ppp_batch() -> usize {
+    64
+}
+
+fn pppl_options(o: &Options) -> Result<PppOptions> {
+    let opts: PppOptions = parse_options(o)?;
+    anyhow::ensure!(opts.sequences > 0, "sequences: must be positive");
+    anyhow::ensure!(opts.batch_size > 0, "batch_size: must be positive");
+    Ok(opts)
+}
+
+fn check_pppl(o: &Options) -> Result<()> {
+    pppl_options(o).map(|_| ())
+}
+
 fn build_pppl(o: &Options) -> Result<Box<dyn Metric>> {
-    no_options(o)?;
-    Ok(Box::new(PseudoPerplexity::new(16, 64)))
+    let opts = pppl_options(o)?;
+    Ok(Box::new(PseudoPerplexity::new(opts.sequences, opts.batch_size)))
 }
 
 fn build_loss(o: &Options) -> Result<Box<dyn Metric>> {
@@ -221,10 +260,20 @@ pub fn register(r: &mut Registrar) {
     r.add(metric("top5_accuracy", "top5_accuracy: share of masked tokens within the top 5", build_top5));
     r.add(Component {
         name: "pseudo_perplexity",
-        doc: "pseudo_perplexity (Salazar et al., 2020): each token masked in turn, on the first 16 eval sequences",
-        params: vec![ParamDoc { name: "(sequences)", default: "16", doc: "eval sequences scored, 64 masked copies per pass" }],
-        check: no_options,
+        doc: "pseudo_perplexity (Salazar et al., 2020): each token masked in turn, on the first eval sequences",
+        params: vec![
+            ParamDoc { name: "sequences", default: "16", doc: "eval sequences scored" },
+            ParamDoc { name: "batch_size", default: "64", doc: "masked copies per forward pass" },
+        ],
+        check: check_pppl,
         factory: Factory::Metric(build_pppl),
+    });
+    r.add(Component {
+        name: "probe",
+        doc: "probe_accuracy, probe_macro_f1: a logistic-regression head on frozen encoder features of a labelled JSONL task",
+        params: probe::params(),
+        check: probe::check,
+        factory: Factory::Metric(probe::build),
     });
 }
 

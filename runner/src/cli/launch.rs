@@ -36,6 +36,9 @@ pub fn launch(args: &LaunchArgs, verbose: bool) -> Result<()> {
     if args.overwrite {
         worker.push("--overwrite".into());
     }
+    if args.resume {
+        worker.push("--resume".into());
+    }
     let program = std::env::current_exe().context("finding the runner executable to start workers")?;
     let outcome = start(&plan, &program, &worker)?;
     let code = outcome.exit_code();

@@ -86,8 +86,11 @@ pub struct LaunchArgs {
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = checked_override)]
     pub overrides: Vec<String>,
     /// Replace the results of an earlier run with the same name.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Continue the run from its newest complete checkpoint.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// An override as given, once it parses (the workers parse it again).
@@ -102,8 +105,22 @@ pub enum Command {
         #[command(flatten)]
         recipe: RecipeArgs,
         /// Replace the results of an earlier run with the same name.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resume")]
         overwrite: bool,
+        /// Continue the run from its newest complete checkpoint (checkpoints/step-N/);
+        /// with none yet, start it.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Continue a stopped run from its newest complete checkpoint, with the recipe
+    /// it saved (RUN_DIR/recipe.yaml).
+    Resume {
+        /// The run's folder (results/<run>).
+        run_dir: PathBuf,
+        /// Override a recipe field: only keys that cannot change the result
+        /// (eval.every, training.log_every, training.threads, ...) or training.max_steps upward.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<Override>,
     },
     /// Train with N data-parallel worker processes (`runner run` under torchrun's variables).
     Launch(LaunchArgs),
@@ -182,7 +199,8 @@ pub fn init_logging(verbose: bool) {
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Launch(args) => launch::launch(&args, cli.verbose),
-        Command::Run { recipe, overwrite } => run::run(&recipe, overwrite),
+        Command::Run { recipe, overwrite, resume } => run::run(&recipe, run::start_of(overwrite, resume)),
+        Command::Resume { run_dir, overrides } => run::resume(&run_dir, overrides),
         Command::Validate { recipe } => validate::validate(&recipe),
         Command::Data(DataCommand::Prepare { recipe }) => data::prepare(&recipe),
         Command::Data(DataCommand::Stats { recipe }) => data::stats(&recipe),

@@ -1,17 +1,53 @@
-//! `runner run RECIPE`: resolve the recipe, train, and say where results went
-//! (and the command that shows its report).
+//! `runner run RECIPE` and `runner resume RUN_DIR`: resolve the recipe, train
+//! (or continue training), and say where results went (and the command that
+//! shows its report).
+
+use std::path::Path;
 
 use anyhow::Result;
 
 use super::RecipeArgs;
-use crate::recipe;
+use crate::error::user_msg;
+use crate::recipe::{self, Override};
 use crate::registry::Registry;
+use crate::train::Start;
 
-pub fn run(args: &RecipeArgs, overwrite: bool) -> Result<()> {
-    let raw = recipe::load(&args.recipe, &args.overrides)?;
+/// What `--overwrite` and `--resume` ask of the run folder.
+pub fn start_of(overwrite: bool, resume: bool) -> Start {
+    match (overwrite, resume) {
+        (_, true) => Start::Resume,
+        (true, false) => Start::Overwrite,
+        (false, false) => Start::New,
+    }
+}
+
+pub fn run(args: &RecipeArgs, start: Start) -> Result<()> {
+    train(&args.recipe, &args.overrides, start)
+}
+
+/// Continues the run in `run_dir` with the recipe it saved; the folder is
+/// the run's wherever it now lies.
+pub fn resume(run_dir: &Path, overrides: Vec<Override>) -> Result<()> {
+    let recipe = run_dir.join("recipe.yaml");
+    if !recipe.is_file() {
+        return Err(user_msg(format!("{}: not a run folder (it has no recipe.yaml)", run_dir.display())));
+    }
+    let parent = run_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let set = |key: &str, value: String| Override {
+        path: key.split('.').map(str::to_string).collect(),
+        value: serde_yaml::Value::String(value),
+    };
+    let mut all = vec![set("run.output_dir", parent.display().to_string()), set("run.name", name)];
+    all.extend(overrides);
+    train(&recipe, &all, Start::Resume)
+}
+
+fn train(path: &Path, overrides: &[Override], start: Start) -> Result<()> {
+    let raw = recipe::load(path, overrides)?;
     let registry = Registry::discover(&raw.plugins)?;
-    let r = recipe::resolve(raw, &args.recipe, &registry)?;
-    let outcome = crate::train::run(&r, &registry, overwrite)?;
+    let r = recipe::resolve(raw, path, &registry)?;
+    let outcome = crate::train::run(&r, &registry, start)?;
     if !outcome.is_main {
         return Ok(()); // the first process of a data-parallel run reports for all
     }

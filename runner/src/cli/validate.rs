@@ -26,7 +26,7 @@ pub fn validate(args: &RecipeArgs) -> Result<()> {
         r.raw.model.name,
         r.dataset,
         r.raw.masking.strategy,
-        r.raw.metrics.join(", ")
+        r.raw.metrics.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
     );
     Ok(())
 }

@@ -130,6 +130,18 @@ impl BatchMaker {
         Ok(Batch::pad(masked(&self.examples, rows.iter().copied(), self.masker.as_ref(), &mut rng)?, self.pad_id))
     }
 
+    /// The documents (numbered in the split) micro-batch `i` takes its examples from.
+    pub fn documents(&self, i: u64) -> Vec<usize> {
+        let per_epoch = self.batches_per_epoch();
+        let (epoch, pos) = (i / per_epoch, (i % per_epoch) as usize);
+        let order = self.permutation(epoch);
+        let rows = &order[pos * self.batch_size..((pos + 1) * self.batch_size).min(order.len())];
+        let mut docs: Vec<usize> = rows.iter().flat_map(|&r| self.examples.documents_of(r)).collect();
+        docs.sort();
+        docs.dedup();
+        docs
+    }
+
     /// Builds the micro-batches numbered by `indices`, in that order, on a
     /// background thread, a few ahead.
     pub fn prefetch(self: Arc<Self>, indices: impl Iterator<Item = u64> + Send + 'static) -> Receiver<Result<Batch>> {

@@ -87,6 +87,15 @@ impl Examples {
         }
     }
 
+    /// The documents (numbered in the split, from 0) example `i` takes its tokens from.
+    pub fn documents_of(&self, i: usize) -> std::ops::RangeInclusive<usize> {
+        match self {
+            Examples::Store(s) => s.documents_of(i),
+            #[cfg(test)]
+            Examples::Listed(_) => i..=i,
+        }
+    }
+
     /// Tokens over all examples, `[CLS]` and `[SEP]` included.
     pub fn num_tokens(&self) -> usize {
         match self {
@@ -115,6 +124,21 @@ impl StoreExamples {
         }
         out.push(self.sep);
         out
+    }
+
+    fn documents_of(&self, i: usize) -> std::ops::RangeInclusive<usize> {
+        let split = &self.split;
+        match self.mode {
+            ExampleMode::LineByLine => {
+                let k = partition_point(split.documents(), |k| split.doc_start(k) as usize <= i) - 1;
+                k..=k
+            }
+            ExampleMode::Packed => {
+                let stream_start = |k: usize| split.doc_token_start(k) as usize + k;
+                let doc_at = |pos: usize| partition_point(split.documents(), |k| stream_start(k) <= pos) - 1;
+                doc_at(i * self.body)..=doc_at((i + 1) * self.body - 1)
+            }
+        }
     }
 
     /// Appends block `i` of the packed stream.
@@ -220,6 +244,12 @@ pub(crate) mod tests {
             assert_eq!(lines.num_tokens(), reference.iter().map(Vec::len).sum::<usize>());
             assert!((0..lines.len()).all(|i| lines.example_len(i) == reference[i].len()));
         }
+        // Which documents an example comes from.
+        let packed = Examples::new(store.train.clone(), ExampleMode::Packed, 8, &vocab());
+        assert_eq!(packed.documents_of(0), 0..=1, "[10 11 12 13 SEP SEP]: document 0, then empty document 1");
+        assert_eq!(packed.documents_of(1), 2..=2);
+        let lines = Examples::new(store.train.clone(), ExampleMode::LineByLine, 8, &vocab());
+        assert_eq!((0..lines.len()).map(|i| *lines.documents_of(i).start()).collect::<Vec<_>>(), vec![0, 0, 2, 3, 5, 5]);
         let empty = Examples::new(store.eval.clone(), ExampleMode::Packed, 8, &vocab());
         assert!(empty.is_empty());
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Result;
 use tokenizers::Tokenizer;
 
-use runner_api::VocabInfo;
+use runner_api::{Tokenize, VocabInfo};
 
 use crate::error::user_msg;
 
@@ -50,4 +50,14 @@ pub fn vocab_info(tok: &Tokenizer, path: &Path) -> Result<VocabInfo> {
         }
     }
     Ok(VocabInfo { vocab_size, mask_id, pad_id, cls_id, sep_id, is_special, is_continuation, tokens })
+}
+
+/// The tokenizer as metrics see it ([`Tokenize`]): ids without special tokens.
+pub struct Encoder<'a>(pub &'a Tokenizer);
+
+impl Tokenize for Encoder<'_> {
+    fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        let enc = self.0.encode(text, false).map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
+        Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+    }
 }

@@ -2,7 +2,8 @@
 //! variables set, passes their output through, and watches them. When one
 //! worker fails, the others are stopped (SIGTERM, then SIGKILL after a grace
 //! period); SIGINT and SIGTERM sent to the launcher are forwarded to every
-//! worker. No worker outlives the launcher: each is started with
+//! worker (which saves a checkpoint and stops; a second signal stops them at
+//! once, and they are killed after the grace period). No worker outlives the launcher: each is started with
 //! `PR_SET_PDEATHSIG`, so even a SIGKILLed launcher takes its workers with it.
 
 use std::collections::VecDeque;
@@ -185,11 +186,15 @@ pub fn launch(plan: &Launch, program: &Path, args: &[OsString]) -> Result<Outcom
     loop {
         let sig = received.swap(0, Ordering::SeqCst) as i32;
         if sig != 0 {
+            // The first signal: workers finish their step, save a checkpoint and
+            // exit. A second one: they exit at once, and are killed after the grace.
+            if interrupted.is_some() {
+                kill_at.get_or_insert(Instant::now() + plan.grace);
+            }
             interrupted.get_or_insert(sig);
             for w in workers.iter().filter(|w| w.ended.is_none()) {
                 w.signal(sig);
             }
-            kill_at.get_or_insert(Instant::now() + plan.grace);
         }
         for w in &mut workers {
             if w.ended.is_some() {

@@ -160,6 +160,7 @@ pub fn values(raw: &RawRecipe, p: &mut Problems) -> Checked {
         });
     }
     p.check(t.log_every > 0, "training.log_every", || "must be positive".into());
+    p.check(t.checkpoint.keep > 0, "training.checkpoint.keep", || "must be at least 1 (set training.checkpoint.every: 0 to save only when stopped)".into());
     p.check(t.threads != Some(0), "training.threads", || "must be positive".into());
     let dist = &t.distributed;
     p.check(dist.timeout_s > 0.0 && dist.timeout_s.is_finite(), "training.distributed.timeout_s", || {

@@ -21,10 +21,68 @@ pub struct RawRecipe {
     #[serde(default)]
     pub eval: EvalSection,
     #[serde(default = "default_metrics")]
-    pub metrics: Vec<String>,
+    pub metrics: Vec<MetricEntry>,
     /// Extra plugin libraries or folders of them, loaded before the recipe is checked.
     #[serde(default)]
     pub plugins: Vec<PathBuf>,
+}
+
+/// One entry of `metrics:`: a bare name (`loss`), or a name with options
+/// (`{name: probe, options: {...}}`). Written back as it was given.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum MetricEntry {
+    Name(String),
+    WithOptions(MetricWithOptions),
+}
+
+/// The long form of a metric entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricWithOptions {
+    pub name: String,
+    #[serde(default)]
+    pub options: serde_yaml::Mapping,
+}
+
+impl MetricEntry {
+    pub fn name(&self) -> &str {
+        match self {
+            MetricEntry::Name(n) => n,
+            MetricEntry::WithOptions(m) => &m.name,
+        }
+    }
+
+    pub fn options(&self) -> serde_yaml::Mapping {
+        match self {
+            MetricEntry::Name(_) => serde_yaml::Mapping::new(),
+            MetricEntry::WithOptions(m) => m.options.clone(),
+        }
+    }
+}
+
+impl From<&str> for MetricEntry {
+    fn from(name: &str) -> Self {
+        MetricEntry::Name(name.to_string())
+    }
+}
+
+/// A string, or a mapping read with `deny_unknown_fields` (an untagged enum
+/// would only say that no variant matched).
+impl<'de> Deserialize<'de> for MetricEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(s) => Ok(MetricEntry::Name(s)),
+            v @ serde_yaml::Value::Mapping(_) => {
+                serde_yaml::from_value(v).map(MetricEntry::WithOptions).map_err(D::Error::custom)
+            }
+            other => Err(D::Error::custom(format!(
+                "a metric is a name or {{name: ..., options: {{...}}}}, got {}",
+                serde_yaml::to_string(&other).unwrap_or_default().trim()
+            ))),
+        }
+    }
 }
 
 /// `run:` what the run is called, its seed and where results go.
@@ -183,6 +241,25 @@ pub struct TrainingSection {
     pub log_every: u64,
     /// Data-parallel settings, used when several processes run the recipe.
     pub distributed: DistributedSection,
+    /// Checkpoints to resume from, written during the run.
+    pub checkpoint: CheckpointSection,
+}
+
+/// `training.checkpoint:` how often the run saves what a resume needs
+/// (`checkpoints/step-N/`), and how many of those it keeps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Save every this many steps; 0 = only when stopped by a signal.
+    pub every: u64,
+    /// Keep the newest this many; older ones are deleted once a new one is complete.
+    pub keep: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection { every: 500, keep: 2 }
+    }
 }
 
 /// `training.distributed:` how processes talk when `runner launch`, torchrun
@@ -232,6 +309,7 @@ impl Default for TrainingSection {
             max_grad_norm: Some(1.0),
             log_every: 10,
             distributed: DistributedSection::default(),
+            checkpoint: CheckpointSection::default(),
         }
     }
 }
@@ -295,6 +373,6 @@ fn default_random_token_rate() -> f64 {
 fn default_model() -> String {
     "bert".into()
 }
-fn default_metrics() -> Vec<String> {
+fn default_metrics() -> Vec<MetricEntry> {
     vec!["loss".into(), "perplexity".into(), "accuracy".into()]
 }

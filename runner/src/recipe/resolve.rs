@@ -188,8 +188,13 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
 
     // metrics
     for (i, m) in raw.metrics.iter().enumerate() {
-        if let Err(e) = registry.get(ComponentKind::Metric, m) {
-            p.push(&format!("metrics[{i}]"), e);
+        match registry.get(ComponentKind::Metric, m.name()) {
+            Err(e) => p.push(&format!("metrics[{i}]"), e),
+            Ok(c) => {
+                if let Err(e) = (c.component.check)(&m.options()) {
+                    p.push(&format!("metrics[{i}].options"), format!("{e:#}"));
+                }
+            }
         }
     }
 

@@ -11,10 +11,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use polars::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One row of the metrics table: a train-log row, an eval row, or both.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub step: u64,
     pub epoch: f64,
@@ -29,7 +29,7 @@ pub struct Row {
     pub eval: BTreeMap<String, f64>,
 }
 
-/// The metrics table of a run, grown row by row and rewritten after each eval.
+/// The metrics table of a run, grown row by row and rewritten as rows come.
 #[derive(Debug, Default)]
 pub struct MetricsTable {
     pub rows: Vec<Row>,
@@ -106,9 +106,11 @@ pub fn write_tables(df: &mut DataFrame, dir: &Path, stem: &str) -> Result<()> {
     })
 }
 
-/// Writes through a temporary file in the same directory, then renames.
+/// Writes through a temporary file in the same directory (its own name with a
+/// leading dot and `.tmp`, so two files never share one), then renames.
 pub fn atomic_write(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     write(&mut f).with_context(|| format!("cannot write {}", path.display()))?;
     f.sync_all().ok();

@@ -1,5 +1,6 @@
-//! `runner report --plot`: eval loss and perplexity against step, one line per
-//! run with a legend, side by side, into `report.png` and `report.svg` (plotters).
+//! `runner report --plot`: eval loss and perplexity (and a probe's accuracy, when
+//! runs have one) against step, one line per run with a legend, side by side,
+//! into `report.png` and `report.svg` (plotters).
 //! Text is drawn with ab_glyph from a TrueType font file found on the system
 //! (DejaVu Sans from Debian's fonts-dejavu-core, or `RUNNER_FONT=path.ttf`).
 
@@ -117,7 +118,14 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw the plot: {e}");
     root.fill(&WHITE).map_err(err)?;
-    let panels = root.split_evenly((1, 2));
+    // A third panel for the first probe's accuracy, when a run has one.
+    let probe = runs
+        .runs
+        .iter()
+        .flat_map(|r| r.metrics.get_column_names().into_iter().map(|c| c.to_string()).collect::<Vec<_>>())
+        .filter_map(|c| c.strip_suffix("_macro_f1").map(|p| format!("{p}_accuracy")))
+        .min();
+    let panels = root.split_evenly((1, if probe.is_some() { 3 } else { 2 }));
     let loss: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, "eval_loss")).collect();
     let ppl: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, "perplexity")).collect();
     let names: Vec<&str> = runs.runs.iter().map(|r| r.name.as_str()).collect();
@@ -127,6 +135,10 @@ where
     let log = lo > 0.0 && hi / lo > 10.0;
     let title = if log { "perplexity vs step (log scale)" } else { "perplexity vs step" };
     panel(&panels[1], title, "perplexity", &ppl, &names, log)?;
+    if let Some(column) = probe {
+        let acc: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, &column)).collect();
+        panel(&panels[2], &format!("{column} vs step"), &column, &acc, &names, false)?;
+    }
     Ok(())
 }
 

@@ -51,7 +51,8 @@ pub fn collect(dir: &Path) -> Result<Runs> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("cannot list {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir() && has_metrics(p))
+            // Hidden folders are results moved aside by --overwrite, not runs.
+            .filter(|p| p.is_dir() && has_metrics(p) && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
             .collect();
         v.sort();
         v
@@ -165,6 +166,18 @@ fn min(v: &[Option<f64>]) -> Option<f64> {
     v.iter().flatten().copied().reduce(f64::min)
 }
 
+/// 1 for the best value, 2 for the next, ...; runs without a value get none.
+fn ranks(v: &[Option<f64>], higher_is_better: bool) -> Vec<Option<u32>> {
+    v.iter()
+        .map(|x| {
+            x.filter(|x| !x.is_nan()).map(|x| {
+                let better = |y: f64| if higher_is_better { y > x } else { y < x };
+                1 + v.iter().flatten().filter(|&&y| better(y)).count() as u32
+            })
+        })
+        .collect()
+}
+
 /// The report table, and the same as Markdown.
 #[derive(Debug)]
 pub struct Report {
@@ -196,6 +209,25 @@ pub fn build(runs: &Runs) -> Result<Report> {
     cols.push(Column::new("best_perplexity".into(), per(&|r| min(&values(&r.metrics, "perplexity")))));
     cols.push(Column::new("final_perplexity".into(), per(&|r| last(&values(&r.metrics, "perplexity")))));
     cols.push(Column::new("final_accuracy".into(), per(&|r| last(&values(&r.metrics, "accuracy")))));
+    // Probes (metrics with a `<name>_macro_f1` column): their final accuracy, and
+    // each run's rank by perplexity and by every probe, so one table says
+    // whether the run with the best perplexity also helps the task.
+    let mut probes: Vec<String> = rs
+        .iter()
+        .flat_map(|r| r.metrics.get_column_names().into_iter().map(|c| c.to_string()).collect::<Vec<_>>())
+        .filter_map(|c| c.strip_suffix("_macro_f1").map(str::to_string))
+        .collect();
+    probes.sort();
+    probes.dedup();
+    if !probes.is_empty() {
+        let perplexity = per(&|r| last(&values(&r.metrics, "perplexity")));
+        cols.push(Column::new("rank_perplexity".into(), ranks(&perplexity, false)));
+        for p in &probes {
+            let acc = per(&|r| last(&values(&r.metrics, &format!("{p}_accuracy"))));
+            cols.push(Column::new(format!("rank_{p}").into(), ranks(&acc, true)));
+            cols.push(Column::new(format!("final_{p}_accuracy").into(), acc));
+        }
+    }
     cols.push(Column::new(
         "tokens_per_s".into(),
         per(&|r| {
@@ -290,6 +322,13 @@ mod tests {
         let b: Value = serde_yaml::from_str("run: {name: b, output_dir: y}\nm: {rate: 0.3, s: b}\nt: {lr: 1}").unwrap();
         assert_eq!(differing_keys(&[Some(a.clone()), Some(b)]), vec!["m.rate".to_string()]);
         assert!(differing_keys(&[Some(a)]).is_empty());
+    }
+
+    #[test]
+    fn ranks_put_the_best_first_and_skip_missing_values() {
+        let v = [Some(3.0), None, Some(1.0), Some(3.0), Some(f64::NAN)];
+        assert_eq!(ranks(&v, false), [Some(2), None, Some(1), Some(2), None]);
+        assert_eq!(ranks(&v, true), [Some(1), None, Some(3), Some(1), None]);
     }
 
     #[test]

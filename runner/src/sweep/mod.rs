@@ -19,7 +19,7 @@ use serde_yaml::Value;
 use crate::error::user_msg;
 use crate::recipe::{self, overrides, Override, RawRecipe, Recipe};
 use crate::registry::Registry;
-use crate::train::RunOutcome;
+use crate::train::{RunOutcome, Start};
 use grid::{Axis, Origin, Point};
 use template::{show_line, Template};
 
@@ -40,7 +40,8 @@ pub struct Request {
 pub enum State {
     /// Nothing written yet.
     New,
-    /// Started but without a readable `summary.json`: redone from scratch.
+    /// Started but without a readable `summary.json`: continued from its
+    /// newest checkpoint, or redone from scratch when it has none.
     Unfinished,
     /// Finished with this same resolved recipe: skipped.
     Finished,
@@ -235,8 +236,10 @@ pub fn execute(plan: &Plan, registry: &Registry, overwrite: bool, mut on_done: i
     for (i, run) in plan.runs.iter().enumerate() {
         let d = match run.state {
             State::Finished => Done::Skipped(run.recipe.run_dir.clone()),
-            State::New => Done::Ran(crate::train::run(&run.recipe, registry, false)?),
-            State::Unfinished | State::Changed => Done::Ran(crate::train::run(&run.recipe, registry, true)?),
+            State::New => Done::Ran(crate::train::run(&run.recipe, registry, Start::New)?),
+            // An interrupted run continues from its newest checkpoint (or starts over without one).
+            State::Unfinished => Done::Ran(crate::train::run(&run.recipe, registry, if overwrite { Start::Overwrite } else { Start::Resume })?),
+            State::Changed => Done::Ran(crate::train::run(&run.recipe, registry, Start::Overwrite)?),
         };
         on_done(i, run, &d);
         done.push(d);

@@ -115,6 +115,35 @@ impl AdamW {
         Ok(total)
     }
 
+    /// The moments by name (`exp_avg.<param>`, `exp_avg_sq.<param>`), to checkpoint.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let named = |prefix: &str, ts: &[Tensor]| -> Vec<(String, Tensor)> {
+            self.params.iter().zip(ts).map(|(p, t)| (format!("{prefix}.{}", p.name), t.shallow_clone())).collect()
+        };
+        let mut out = named("exp_avg", &self.exp_avg);
+        out.extend(named("exp_avg_sq", &self.exp_avg_sq));
+        out
+    }
+
+    /// Restores the moments [`state`](AdamW::state) gave and the step count.
+    /// Every moment must be there with its parameter's shape.
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)], steps: u64) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        for (prefix, moments) in [("exp_avg", &mut self.exp_avg), ("exp_avg_sq", &mut self.exp_avg_sq)] {
+            for (p, m) in self.params.iter().zip(moments.iter_mut()) {
+                let name = format!("{prefix}.{}", p.name);
+                let Some(t) = by_name.get(name.as_str()) else { anyhow::bail!("the optimizer state has no {name}") };
+                if t.size() != m.size() {
+                    anyhow::bail!("the optimizer state's {name} has shape {:?}, the parameter {:?}", t.size(), m.size());
+                }
+                m.f_copy_(t)?;
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
     /// Number of trainable parameter elements.
     pub fn num_elements(&self) -> i64 {
         self.params.iter().map(|p| p.tensor.numel() as i64).sum()

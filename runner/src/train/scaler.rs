@@ -66,6 +66,26 @@ impl LossScaler {
         Ok(found_inf.f_double_value(&[])?)
     }
 
+    /// The scale and growth tracker by name, to checkpoint.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("scaler.scale".to_string(), self.scale.shallow_clone()),
+            ("scaler.growth_tracker".to_string(), self.growth_tracker.shallow_clone()),
+        ]
+    }
+
+    /// Restores what [`state`](LossScaler::state) gave, and the skipped-step count.
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)], skipped: u64) -> Result<()> {
+        for (name, mine) in [("scaler.scale", &mut self.scale), ("scaler.growth_tracker", &mut self.growth_tracker)] {
+            let Some((_, t)) = tensors.iter().find(|(n, _)| n == name) else {
+                anyhow::bail!("the checkpoint has no {name} (was it saved by a run without precision: fp16?)")
+            };
+            mine.f_copy_(t)?;
+        }
+        self.skipped = skipped;
+        Ok(())
+    }
+
     /// Updates the scale after a step: `found_inf` is the flag every process
     /// agreed on (non-zero: the step was skipped).
     pub fn update(&mut self, found_inf: bool) -> Result<()> {

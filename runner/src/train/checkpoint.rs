@@ -1,0 +1,354 @@
+//! Checkpoints to resume from: `checkpoints/step-N/` in the run folder holds
+//! everything a resume needs, and nothing is replayed:
+//!
+//! - `model.safetensors`: every trainable parameter, by name, as it is (float32
+//!   master weights);
+//! - `optimizer.safetensors`: AdamW's `exp_avg.<name>` and `exp_avg_sq.<name>`,
+//!   and under fp16 the loss scaler's `scaler.scale` and `scaler.growth_tracker`;
+//! - `state.json`: the step (which is also the schedule's position and the data's:
+//!   batches are a pure function of `(seed, index)`), AdamW's step count, the
+//!   steps skipped under fp16, the half-filled log window, the metric rows so
+//!   far, and the global batch's shape (micro-batch x accumulation x processes);
+//! - `recipe.yaml`: the resolved recipe the run was started with;
+//! - `manifest.json`: each file's size and SHA-256, written last.
+//!
+//! No random generator state is saved because none is left: dropout masks are
+//! keyed by the micro-batch's global index, training masks by `(seed, index)`.
+//!
+//! A checkpoint is written into a temporary folder, its files and the folder
+//! fsynced, renamed to `step-N`, and only then given its manifest; a folder
+//! without a manifest that verifies is never loaded. Older checkpoints beyond
+//! `keep` are deleted only after the new one is complete.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::Tensor;
+
+use crate::report::Row;
+
+/// The folder of a run that holds its checkpoints.
+pub const DIR: &str = "checkpoints";
+const MODEL: &str = "model.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+const STATE: &str = "state.json";
+const RECIPE: &str = "recipe.yaml";
+const MANIFEST: &str = "manifest.json";
+const FORMAT: u32 = 1;
+
+/// How the global batch was made: a resume on another number of processes
+/// must make the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalBatch {
+    pub micro_batch: usize,
+    pub grad_accum: u64,
+    pub processes: u64,
+}
+
+impl GlobalBatch {
+    pub fn sequences(&self) -> u64 {
+        self.micro_batch as u64 * self.grad_accum * self.processes
+    }
+}
+
+/// Train-loss figures of the log window that was open when the checkpoint was taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub loss: f64,
+    pub steps: u64,
+    pub tokens: u64,
+}
+
+/// The numbers of a run's progress: `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub format: u32,
+    /// Optimizer steps done: the next step is `step + 1`.
+    pub step: u64,
+    pub global_batch: GlobalBatch,
+    /// AdamW's own step count (it lags `step` by the steps fp16 skipped).
+    pub optimizer_steps: u64,
+    pub skipped_steps: u64,
+    pub window: Window,
+    /// Training tokens and seconds so far (seconds: for the summary only).
+    pub tokens: u64,
+    pub train_seconds: f64,
+    pub allreduce_seconds: f64,
+    pub rows: Vec<Row>,
+}
+
+/// What a checkpoint holds, read back.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub model: Vec<(String, Tensor)>,
+    pub optimizer: Vec<(String, Tensor)>,
+    pub progress: Progress,
+    pub recipe: String,
+}
+
+/// `manifest.json`: the files of a complete checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    step: u64,
+    files: BTreeMap<String, FileEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct FileEntry {
+    bytes: u64,
+    sha256: String,
+}
+
+/// The folder of the checkpoint after `step`.
+pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join(DIR).join(format!("step-{step}"))
+}
+
+/// Writes the checkpoint after `progress.step` and prunes older ones beyond
+/// `keep`. Returns its folder.
+pub fn save(
+    run_dir: &Path,
+    model: &[(String, Tensor)],
+    optimizer: &[(String, Tensor)],
+    progress: &Progress,
+    recipe: &str,
+    keep: usize,
+) -> Result<PathBuf> {
+    let root = run_dir.join(DIR);
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let step = progress.step;
+    let tmp = root.join(format!(".step-{step}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
+    }
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    write_tensors(model, &tmp.join(MODEL))?;
+    write_tensors(optimizer, &tmp.join(OPTIMIZER))?;
+    write_file(&tmp.join(STATE), serde_json::to_string_pretty(progress)?.as_bytes())?;
+    write_file(&tmp.join(RECIPE), recipe.as_bytes())?;
+    sync_dir(&tmp)?;
+
+    let dir = step_dir(run_dir, step);
+    if dir.exists() {
+        // The same step saved before (a resumed run stopped again at once).
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
+    sync_dir(&root)?;
+
+    // Complete only now: the manifest, through its own temporary name.
+    let mut files = BTreeMap::new();
+    for name in [MODEL, OPTIMIZER, STATE, RECIPE] {
+        files.insert(name.to_string(), entry_of(&dir.join(name))?);
+    }
+    let manifest = serde_json::to_string_pretty(&Manifest { step, files })?;
+    let part = dir.join(format!(".{MANIFEST}.tmp"));
+    write_file(&part, manifest.as_bytes())?;
+    std::fs::rename(&part, dir.join(MANIFEST)).with_context(|| format!("cannot complete {}", dir.display()))?;
+    sync_dir(&dir)?;
+
+    prune(&root, keep)?;
+    Ok(dir)
+}
+
+/// The newest checkpoint of the run whose manifest verifies; each one that
+/// does not is skipped with a warning naming it.
+pub fn newest_complete(run_dir: &Path) -> Result<Option<PathBuf>> {
+    for (_, dir) in listed(&run_dir.join(DIR))?.into_iter().rev() {
+        match verify(&dir) {
+            Ok(()) => return Ok(Some(dir)),
+            Err(e) => tracing::warn!("skipping checkpoint {}: {e:#}", dir.display()),
+        }
+    }
+    Ok(None)
+}
+
+/// The progress and recipe of a checkpoint, without its tensors.
+pub fn read_progress(dir: &Path) -> Result<(Progress, String)> {
+    let state = dir.join(STATE);
+    let progress: Progress = serde_json::from_str(&std::fs::read_to_string(&state)?)
+        .with_context(|| format!("{}: not a checkpoint state", state.display()))?;
+    if progress.format != FORMAT {
+        bail!("{}: checkpoint format {} (this runner reads {FORMAT})", state.display(), progress.format);
+    }
+    let recipe = std::fs::read_to_string(dir.join(RECIPE)).with_context(|| format!("cannot read {}", dir.join(RECIPE).display()))?;
+    Ok((progress, recipe))
+}
+
+/// Reads a checkpoint folder (verify it first with [`newest_complete`]).
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let read = |name: &str| {
+        Tensor::read_safetensors(dir.join(name)).with_context(|| format!("cannot read {}", dir.join(name).display()))
+    };
+    let (progress, recipe) = read_progress(dir)?;
+    Ok(Checkpoint { dir: dir.to_path_buf(), model: read(MODEL)?, optimizer: read(OPTIMIZER)?, progress, recipe })
+}
+
+impl Progress {
+    pub fn new(step: u64, global_batch: GlobalBatch) -> Self {
+        Progress {
+            format: FORMAT,
+            step,
+            global_batch,
+            optimizer_steps: 0,
+            skipped_steps: 0,
+            window: Window::default(),
+            tokens: 0,
+            train_seconds: 0.0,
+            allreduce_seconds: 0.0,
+            rows: Vec::new(),
+        }
+    }
+}
+
+/// Checks that `dir` has a manifest and that every file in it has the size
+/// and SHA-256 the manifest says.
+fn verify(dir: &Path) -> Result<()> {
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|_| anyhow::anyhow!("no {MANIFEST} (the checkpoint was not completed)"))?;
+    let manifest: Manifest = serde_json::from_str(&text).with_context(|| format!("{MANIFEST} does not parse"))?;
+    for name in [MODEL, OPTIMIZER, STATE, RECIPE] {
+        let Some(want) = manifest.files.get(name) else { bail!("{MANIFEST} does not list {name}") };
+        let got = entry_of(&dir.join(name)).with_context(|| format!("cannot read {name}"))?;
+        if got.bytes != want.bytes {
+            bail!("{name} holds {} bytes, the manifest says {}", got.bytes, want.bytes);
+        }
+        if got.sha256 != want.sha256 {
+            bail!("{name} does not match its SHA-256 in the manifest");
+        }
+    }
+    Ok(())
+}
+
+/// The `step-N` folders under `root`, oldest first.
+fn listed(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Ok(Vec::new()) };
+    let mut found = Vec::new();
+    for e in entries {
+        let e = e.with_context(|| format!("cannot list {}", root.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+            found.push((step, e.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Deletes complete checkpoints beyond the newest `keep`, then leftovers of
+/// interrupted writes (temporary folders, folders without a manifest) older
+/// than the newest complete one.
+fn prune(root: &Path, keep: usize) -> Result<()> {
+    let all = listed(root)?;
+    let complete: Vec<&(u64, PathBuf)> = all.iter().filter(|(_, d)| d.join(MANIFEST).is_file()).collect();
+    let Some(&&(newest, _)) = complete.last() else { return Ok(()) };
+    let kept: Vec<u64> = complete.iter().rev().take(keep.max(1)).map(|(s, _)| *s).collect();
+    for (step, dir) in &all {
+        if !kept.contains(step) && *step <= newest {
+            std::fs::remove_dir_all(dir).with_context(|| format!("cannot delete old checkpoint {}", dir.display()))?;
+        }
+    }
+    for e in std::fs::read_dir(root)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".step-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    Ok(())
+}
+
+fn write_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?)))
+        .collect::<Result<_>>()?;
+    Tensor::write_safetensors(&cpu, path).with_context(|| format!("cannot write {}", path.display()))?;
+    sync_file(path)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    sync_file(path)
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync {}", path.display()))
+}
+
+/// Makes a folder's entries (new names, renames) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync folder {}", dir.display()))
+}
+
+fn entry_of(path: &Path) -> Result<FileEntry> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok(FileEntry { bytes, sha256: format!("{:x}", hasher.finalize()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(step: u64) -> Progress {
+        Progress::new(step, GlobalBatch { micro_batch: 2, grad_accum: 1, processes: 1 })
+    }
+
+    fn tensors() -> Vec<(String, Tensor)> {
+        vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0, 3.0]))]
+    }
+
+    #[test]
+    fn saves_verifies_loads_and_prunes() {
+        let run = tempfile::tempdir().unwrap();
+        for step in [2, 4, 6] {
+            save(run.path(), &tensors(), &tensors(), &progress(step), "run: {}\n", 2).unwrap();
+        }
+        let steps: Vec<u64> = listed(&run.path().join(DIR)).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![4, 6], "only the newest two are kept");
+        let newest = newest_complete(run.path()).unwrap().unwrap();
+        assert_eq!(newest, step_dir(run.path(), 6));
+        let ck = load(&newest).unwrap();
+        assert_eq!(ck.progress.step, 6);
+        assert_eq!(ck.recipe, "run: {}\n");
+        assert_eq!(Vec::<f32>::try_from(&ck.model[0].1).unwrap(), vec![1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn a_damaged_or_incomplete_checkpoint_is_skipped() {
+        let run = tempfile::tempdir().unwrap();
+        save(run.path(), &tensors(), &tensors(), &progress(1), "a\n", 3).unwrap();
+        save(run.path(), &tensors(), &tensors(), &progress(2), "a\n", 3).unwrap();
+        // Step 2's weights lose a byte: step 1 is the newest complete one.
+        let model = step_dir(run.path(), 2).join(MODEL);
+        let bytes = std::fs::read(&model).unwrap();
+        std::fs::write(&model, &bytes[..bytes.len() - 1]).unwrap();
+        assert_eq!(newest_complete(run.path()).unwrap().unwrap(), step_dir(run.path(), 1));
+        // A step-3 folder without a manifest (killed before completion) is skipped too.
+        std::fs::create_dir_all(step_dir(run.path(), 3)).unwrap();
+        assert_eq!(newest_complete(run.path()).unwrap().unwrap(), step_dir(run.path(), 1));
+        // Same-length corruption is caught by the hash.
+        let state = step_dir(run.path(), 1).join(STATE);
+        let mut text = std::fs::read(&state).unwrap();
+        text[0] = b' ';
+        std::fs::write(&state, text).unwrap();
+        assert!(newest_complete(run.path()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,66 @@
+//! SIGINT and SIGTERM while training: the first asks the loop to finish its
+//! step, write a checkpoint and stop (exit 130 / 143); a second one exits at
+//! once (files stay whole: every file is written under a temporary name and
+//! renamed). The handlers exist only while [`StopRequests`] lives: before
+//! training (tokenizing, loading) a signal acts as usual, and after it
+//! (the final export) it ends the process at once.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use signal_hook::SigId;
+
+/// Signals caught during training, and the handlers catching them.
+pub struct StopRequests {
+    requested: Arc<AtomicBool>,
+    signal: Arc<AtomicUsize>,
+    handlers: Vec<SigId>,
+}
+
+impl StopRequests {
+    pub fn install() -> Result<Self> {
+        let requested = Arc::new(AtomicBool::new(false));
+        let signal = Arc::new(AtomicUsize::new(0));
+        let mut handlers = Vec::new();
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // Registered first, so it sees the flag as the previous signal left it:
+            // set means this is the second signal, and the process exits now.
+            handlers.push(
+                signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&requested))
+                    .context("installing a signal handler")?,
+            );
+            handlers.push(signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize).context("installing a signal handler")?);
+            handlers.push(signal_hook::flag::register(sig, Arc::clone(&requested)).context("installing a signal handler")?);
+        }
+        Ok(StopRequests { requested, signal, handlers })
+    }
+
+    /// The signal that asked to stop, if one did.
+    pub fn received(&self) -> Option<i32> {
+        self.requested.load(Ordering::SeqCst).then(|| self.signal.load(Ordering::SeqCst) as i32)
+    }
+}
+
+impl Drop for StopRequests {
+    fn drop(&mut self) {
+        for id in self.handlers.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+        // A signal with no action left would be ignored: terminate on it, as by default.
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::new(AtomicBool::new(true)));
+        }
+    }
+}
+
+/// A run stopped by a signal after writing a checkpoint; exits 128 + signal.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by {name} after step {step}; checkpoint written to {checkpoint}\nresume with: {command}")]
+pub struct Interrupted {
+    pub signal: i32,
+    pub name: &'static str,
+    pub step: u64,
+    pub checkpoint: String,
+    pub command: String,
+}

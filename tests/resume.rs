@@ -1,0 +1,271 @@
+//! Stopping and resuming through the real binary, dropout on: a run stopped
+//! by SIGTERM, or SIGKILLed (at moments drawn from a seeded generator, some
+//! during checkpoint writes), then resumed, ends with the same parameters,
+//! bit for bit, and the same metric rows as a run that was never stopped.
+//! And a second run of the same name is refused while the first one runs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
+
+use common::{assert_error, runner_command, stderr};
+use polars::prelude::*;
+use tch::Tensor;
+
+const STEPS: u64 = 40;
+
+/// The tiny recipe with dropout on, checkpoints every `every` steps.
+fn args(command: &str, out: &Path, every: u64, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![command.to_string(), "tests/recipes/tiny.yaml".to_string()];
+    let sets = [
+        format!("run.output_dir={}", out.display()),
+        "run.name=r".to_string(),
+        format!("training.max_steps={STEPS}"),
+        "training.log_every=1".into(),
+        format!("training.checkpoint.every={every}"),
+        "training.checkpoint.keep=2".into(),
+        "eval.every=7".into(),
+        "model.options.config.hidden_dropout_prob=0.1".into(),
+        "model.options.config.attention_probs_dropout_prob=0.1".into(),
+        "data.cache=false".into(),
+    ];
+    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
+        a.extend(["--set".to_string(), s.to_string()]);
+    }
+    a
+}
+
+fn start(a: &[String]) -> Child {
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    runner_command(&a)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(a: &[String]) -> Output {
+    start(a).wait_with_output().unwrap()
+}
+
+/// The run that is never stopped.
+fn reference(out: &Path) -> PathBuf {
+    let o = finish(&args("run", out, 0, &["run.name=reference"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    out.join("reference")
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+/// Waits until `path` exists (the run has got that far), at most a minute.
+fn wait_for(path: &Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before {} appeared", path.display());
+        assert!(Instant::now() < deadline, "{} did not appear", path.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Parameters equal bit for bit; metric rows equal except wall-clock columns.
+fn assert_same_run(reference: &Path, resumed: &Path) {
+    let read = |run: &Path| {
+        let mut t = Tensor::read_safetensors(run.join("checkpoint/model.safetensors")).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (a, b) = (read(reference), read(resumed));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs by {}", (ta - tb).abs().max().double_value(&[]));
+    }
+    let table = |run: &Path| {
+        let df = CsvReadOptions::default().try_into_reader_with_file_path(Some(run.join("metrics.csv"))).unwrap().finish().unwrap();
+        df.drop_many(["tokens_per_s", "elapsed_s"])
+    };
+    let (ta, tb) = (table(reference), table(resumed));
+    assert!(ta.equals_missing(&tb), "metric rows differ:\n{ta}\n{tb}");
+    assert_eq!(ta.height() as u64, STEPS + 1, "a row per step and one at step 0");
+}
+
+#[test]
+fn a_run_stopped_by_sigterm_resumes_to_the_same_end() {
+    let out = tempfile::tempdir().unwrap();
+    let reference = reference(out.path());
+    let run = out.path().join("r");
+    let mut child = start(&args("run", out.path(), 0, &[]));
+    // Once the first steps are logged (metrics.csv has more than its step-0 row).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(run.join("metrics.csv")).map_or(0, |t| t.lines().count()) < 4 {
+        assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "the run ended before it was signalled");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    signal(&child, libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    assert!(err.contains("stopped by SIGTERM after step") && err.contains("resume with: runner resume"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let stopped_at: u64 = err.split("stopped by SIGTERM after step ").nth(1).unwrap().split(';').next().unwrap().trim().parse().unwrap();
+    assert!(stopped_at < STEPS, "{err}");
+    assert!(run.join(format!("checkpoints/step-{stopped_at}/manifest.json")).is_file());
+
+    // A resume with a recipe that would change the result is refused, naming the key.
+    let changed: Vec<String> = args("run", out.path(), 0, &["training.lr=1e-3"]).into_iter().chain(["--resume".to_string()]).collect();
+    assert_error(&finish(&changed), 2, &["training.lr (0.002 -> 0.001)"]);
+
+    let o = finish(&["resume".to_string(), run.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("resuming after step {stopped_at}")), "{}", stderr(&o));
+    assert_same_run(&reference, &run);
+}
+
+#[test]
+fn sigkill_at_random_moments_then_resume_ends_as_an_uninterrupted_run() {
+    let out = tempfile::tempdir().unwrap();
+    let reference = reference(out.path());
+    let run = out.path().join("r");
+    // A checkpoint every step, so that many kills land during a write.
+    let a = args("run", out.path(), 1, &[]);
+    let resume: Vec<String> = a.iter().cloned().chain(["--resume".to_string()]).collect();
+
+    // The first kill comes after a complete checkpoint.
+    let mut child = start(&a);
+    wait_for(&run.join("checkpoints/step-3/manifest.json"), &mut child);
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+
+    // Then 10 kills after delays drawn from a seeded generator.
+    let mut state: u64 = 0x5EED;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) % 1000
+    };
+    let mut resumed_from = Vec::new();
+    for _ in 0..10 {
+        let newest = newest_complete(&run);
+        let mut child = start(&resume);
+        let delay = Duration::from_millis(300 + next() * 2);
+        let t = Instant::now();
+        // Polled without reaping, so the pid stays this child's until it is killed.
+        let running = |c: &Child| {
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid on our own child with WNOWAIT leaves it to be reaped below.
+            unsafe { libc::waitid(libc::P_PID, c.id(), &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+            (unsafe { info.si_pid() }) == 0
+        };
+        while t.elapsed() < delay && running(&child) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let killed = running(&child);
+        if killed {
+            signal(&child, libc::SIGKILL);
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(killed || o.status.success(), "a run that was not killed failed:\n{err}");
+        // If it got as far as loading, it loaded the newest complete checkpoint.
+        if let Some(line) = err.lines().find(|l| l.contains("resuming after step")) {
+            assert!(line.contains(&format!("resuming after step {newest} ")), "expected step {newest}: {line}");
+            resumed_from.push(newest);
+        }
+    }
+    assert!(resumed_from.len() >= 3, "too few of the killed runs got to training: {resumed_from:?}");
+
+    let o = finish(&resume);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_run(&reference, &run);
+    // Only the newest `keep` checkpoints remain, and no temporary folder.
+    let left: Vec<String> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.len() <= 2 && left.iter().all(|n| n.starts_with("step-")), "{left:?}");
+}
+
+/// The step of the newest checkpoint folder with a manifest (0 if none).
+fn newest_complete(run: &Path) -> u64 {
+    std::fs::read_dir(run.join("checkpoints"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("manifest.json").is_file())
+                .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("step-").and_then(|s| s.parse().ok()))
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_second_run_of_the_same_name_is_refused_while_the_first_runs() {
+    let out = tempfile::tempdir().unwrap();
+    let a = args("run", out.path(), 0, &["training.max_steps=100000"]);
+    let mut first = start(&a);
+    wait_for(&out.path().join("r/metrics.csv"), &mut first);
+    let o = finish(&args("run", out.path(), 0, &["training.max_steps=100000", "training.lr=1e-3"]));
+    let overwrite: Vec<String> = a.iter().cloned().chain(["--overwrite".to_string()]).collect();
+    let o2 = finish(&overwrite);
+    signal(&first, libc::SIGKILL);
+    first.wait().unwrap();
+    assert_error(&o, 2, &["in use by another runner process"]);
+    assert_error(&o2, 2, &["in use by another runner process"]);
+    // And the first run's rows are still there.
+    assert!(out.path().join("r/metrics.csv").is_file());
+}
+
+#[test]
+fn a_loss_that_is_not_a_number_names_the_step_the_checkpoint_and_the_documents() {
+    let out = tempfile::tempdir().unwrap();
+    // The tiny model with a NaN in a LayerNorm: every loss is NaN.
+    let model = out.path().join("nan-bert");
+    std::fs::create_dir(&model).unwrap();
+    let fixture = common::root().join("tests/fixtures/tiny-bert");
+    for f in std::fs::read_dir(&fixture).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+    }
+    let weights = model.join("model.safetensors");
+    let mut tensors = Tensor::read_safetensors(&weights).unwrap();
+    let (_, t) = tensors.iter_mut().find(|(n, _)| n.ends_with("embeddings.LayerNorm.weight")).unwrap();
+    let _ = t.fill_(f64::NAN);
+    Tensor::write_safetensors(&tensors, &weights).unwrap();
+
+    let m = format!("model.checkpoint={}", model.display());
+    let o = finish(&args("run", out.path(), 0, &[&m, "eval.at_start=false"]));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for needle in ["training loss became NaN at step 1", "last good checkpoint: none", "training documents"] {
+        assert!(err.contains(needle), "`{needle}` in:\n{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn an_interrupted_sweep_run_continues_from_its_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = format!("run.output_dir={}", out.path().display());
+    let sweep: Vec<String> = [
+        "sweep", "tests/recipes/sweep-tiny.yaml.j2", "--set", &dir, "--grid", "masking.rate=0.15", "--grid", "training.lr=1e-3",
+        "--set", "training.checkpoint.every=4", "--set", "training.checkpoint.keep=3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let o = finish(&sweep);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = out.path().join("sweep-tiny/rate-0.15_lr-0.001");
+    let before = std::fs::read(run.join("checkpoint/model.safetensors")).unwrap();
+    // As if killed after the checkpoint of step 8: no summary, no export, no step 12.
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    std::fs::remove_dir_all(run.join("checkpoint")).unwrap();
+    std::fs::remove_dir_all(run.join("checkpoints/step-12")).unwrap();
+    let o = finish(&sweep);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming after step 8"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(run.join("checkpoint/model.safetensors")).unwrap(), before, "the continued run ends where the first one did");
+}
