@@ -153,7 +153,7 @@ fn sigkill_at_random_moments_then_resume_ends_as_an_uninterrupted_run() {
     let mut resumed_from = Vec::new();
     for _ in 0..10 {
         let newest = newest_complete(&run);
-        let mut child = start(&resume);
+        let child = start(&resume);
         let delay = Duration::from_millis(300 + next() * 2);
         let t = Instant::now();
         // Polled without reaping, so the pid stays this child's until it is killed.
