@@ -11,7 +11,6 @@ use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use common::{assert_error, runner_command, stderr};
-use polars::prelude::*;
 use tch::Tensor;
 
 const STEPS: u64 = 40;
@@ -86,17 +85,22 @@ fn assert_same_run(reference: &Path, resumed: &Path) {
         assert_eq!(na, nb);
         assert!(ta.equal(tb), "{na} differs by {}", (ta - tb).abs().max().double_value(&[]));
     }
-    let table = |run: &Path| {
-        let df = CsvReadOptions::default().try_into_reader_with_file_path(Some(run.join("metrics.csv"))).unwrap().finish().unwrap();
-        df.drop_many(["tokens_per_s", "elapsed_s"])
+    // The CSV text, so a value that differs in its last digit shows as such.
+    let table = |run: &Path| -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+        let rows: Vec<Vec<String>> = text.lines().map(|l| l.split(',').map(str::to_string).collect()).collect();
+        let keep: Vec<bool> = rows[0].iter().map(|c| c != "tokens_per_s" && c != "elapsed_s").collect();
+        rows.into_iter().map(|r| r.into_iter().zip(&keep).filter(|(_, k)| **k).map(|(v, _)| v).collect()).collect()
     };
     let (ta, tb) = (table(reference), table(resumed));
-    assert!(ta.equals_missing(&tb), "metric rows differ:\n{ta}\n{tb}");
-    assert_eq!(ta.height() as u64, STEPS + 1, "a row per step and one at step 0");
+    for (i, (ra, rb)) in ta.iter().zip(&tb).enumerate() {
+        assert_eq!(ra, rb, "metric row {i} differs (header {:?})", ta[0]);
+    }
+    assert_eq!(ta.len(), tb.len());
+    assert_eq!(ta.len() as u64, STEPS + 2, "a header, a row per step and one at step 0");
 }
 
 #[test]
-#[ignore = "parameters match bit for bit, but one metric-row value differs after a resume; to be found and fixed"]
 fn a_run_stopped_by_sigterm_resumes_to_the_same_end() {
     let out = tempfile::tempdir().unwrap();
     let reference = reference(out.path());
@@ -129,7 +133,6 @@ fn a_run_stopped_by_sigterm_resumes_to_the_same_end() {
 }
 
 #[test]
-#[ignore = "parameters match bit for bit, but one metric-row value differs after a resume; to be found and fixed"]
 fn sigkill_at_random_moments_then_resume_ends_as_an_uninterrupted_run() {
     let out = tempfile::tempdir().unwrap();
     let reference = reference(out.path());

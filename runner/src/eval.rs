@@ -16,7 +16,16 @@ use crate::autocast::Autocast;
 use crate::data::EvalSet;
 use crate::dist::Collective;
 
-/// Runs one eval pass and returns every metric's values (e.g. `eval_loss`).
+/// What one eval pass measured.
+pub struct Evaluation {
+    /// Every metric's values (e.g. `eval_loss`).
+    pub values: BTreeMap<String, f64>,
+    /// Seconds spent in metrics that run the model themselves (a probe,
+    /// pseudo-perplexity), apart from the pass over the eval batches.
+    pub model_metric_seconds: f64,
+}
+
+/// Runs one eval pass.
 pub fn evaluate(
     model: &dyn MlmModel,
     device: tch::Device,
@@ -25,7 +34,7 @@ pub fn evaluate(
     vocab: &VocabInfo,
     metrics: &mut [Box<dyn Metric>],
     collective: &dyn Collective,
-) -> Result<BTreeMap<String, f64>> {
+) -> Result<Evaluation> {
     let _guard = tch::no_grad_guard();
     let _autocast = Autocast::enter(device, compute);
     for m in metrics.iter_mut() {
@@ -43,9 +52,11 @@ pub fn evaluate(
         }
     }
     let sequences: Vec<Vec<i64>> = set.sequences.iter().skip(rank).step_by(world).cloned().collect();
+    let started = std::time::Instant::now();
     for m in metrics.iter_mut() {
         m.update_with_model(model, &sequences, vocab)?;
     }
+    let model_metric_seconds = started.elapsed().as_secs_f64();
     if split {
         let mut sums = Vec::new();
         let mut lengths = Vec::new();
@@ -67,5 +78,5 @@ pub fn evaluate(
     for m in metrics.iter() {
         values.extend(m.compute()?);
     }
-    Ok(values)
+    Ok(Evaluation { values, model_metric_seconds })
 }

@@ -237,6 +237,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, start: Start) -> Result<RunOutc
             window: Window::default(),
             stats: FitStats::default(),
         },
+        model_metric_seconds: 0.0,
     };
     if let Some(dir) = resume_from {
         trainer.restore(&checkpoint::load(&dir)?)?;
@@ -447,6 +448,8 @@ pub struct Trainer {
     /// The run folder (locked by the first process).
     pub folder: RunDir,
     pub state: State,
+    /// Seconds this process spent in metrics that run the model themselves.
+    pub model_metric_seconds: f64,
 }
 
 /// The dropout key of global micro-batch `index` in a run seeded with `seed`.
@@ -475,7 +478,7 @@ impl Trainer {
 
     /// Evaluates, adds the row, and (first process) rewrites the metrics tables.
     fn eval_row(&mut self, step: u64, elapsed: f64) -> Result<String> {
-        let values = evaluate(
+        let crate::eval::Evaluation { values, model_metric_seconds } = evaluate(
             self.model.as_ref(),
             self.device,
             self.compute,
@@ -484,6 +487,7 @@ impl Trainer {
             &mut self.metrics,
             self.collective.as_ref(),
         )?;
+        self.model_metric_seconds += model_metric_seconds;
         let shown = values.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ");
         let row = Row { step, epoch: self.epoch_at(step), lr: self.settings.schedule.lr(step), elapsed_s: elapsed, eval: values, ..Default::default() };
         self.push_row(row)?;
@@ -650,10 +654,15 @@ impl Trainer {
         if self.is_main() {
             let stats = &self.state.stats;
             tracing::info!(
-                "trained {} steps in {:.1}s ({:.1}s in eval), {:.0} tokens/s{}{}",
+                "trained {} steps in {:.1}s ({:.1}s in eval{}), {:.0} tokens/s{}{}",
                 total - first,
                 started.elapsed().as_secs_f64(),
                 eval_seconds,
+                if self.model_metric_seconds > 0.0 {
+                    format!(", {:.1}s of it in metrics that run the model, as a probe", self.model_metric_seconds)
+                } else {
+                    String::new()
+                },
                 stats.tokens as f64 / stats.train_seconds.max(1e-9),
                 if world > 1 {
                     format!(" on {world} processes, {:.1}% of training time in all-reduce", 100.0 * stats.allreduce_seconds / stats.train_seconds.max(1e-9))
