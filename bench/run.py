@@ -3,6 +3,8 @@
     bench/run.sh                       # MiniLM-L6 (quickstart checkpoint), fp32 and bf16
     bench/run.sh --bert-base           # also the bert-base shape (random init, batch 16)
     bench/run.sh --repeats 1 --steps 5 # a quick look
+    bench/run.sh --precisions fp32 --name avx2   # a host without bf16 units: fp32 only,
+                                       # into bench/results/avx2.{json,md,png}
 
 Every trainer starts from one checkpoint (the MiniLM encoder with a seeded MLM head),
 trains on the same documents with the same batch, learning rate and steps, and is then
@@ -10,7 +12,8 @@ scored by one evaluator (bench/peers.py --evaluate) on the same held-out blocks 
 same masks. Every configuration runs in its own process (so peak RSS is its own), the
 three trainers interleaved, `--repeats` times; tokens/s is the median. Also measured: the
 matmul peak of each precision (for MFU) and how long the runner takes to start training
-on a cold and a warm token cache. Prints a table and writes bench/results/latest.{json,md,png}.
+on a cold and a warm token cache. Prints a table and writes bench/results/NAME.{json,md,png}
+(NAME: `--name`, default latest).
 """
 
 import argparse
@@ -247,7 +250,8 @@ def table(results):
 
     s = results["startup"]
     lines = [
-        f"Machine: {results['cpu']}, {results['threads']} threads; matmul peak fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s; "
+        f"Machine: {results['cpu']}, {results['threads']} threads; matmul peak "
+        + ", ".join(f"{p} {g:.0f}" for p, g in peak.items()) + " GFLOP/s; "
         f"median of {results['repeats']} runs, {results['steps']} measured steps after {results['warmup']} warm-up",
         "",
         "| model | batch | precision | who | tokens/s | vs hf | vs sparse | eval loss | eval loss vs hf | peak RSS MB | MFU |",
@@ -308,6 +312,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bert-base", action="store_true")
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="MiniLM-L6 precisions to run (bf16 is emulated, and slow, on CPUs without bf16 units)")
+    ap.add_argument("--name", default="latest", help="results go to bench/results/NAME.{json,md,png}")
     ap.add_argument("--data-parallel-only", action="store_true",
                     help="only the runner's 1-process vs N-process case; results in bench/results/data-parallel.json")
     args = ap.parse_args()
@@ -328,7 +335,8 @@ def main():
     cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     results = {"cpu": re.sub(r"\s+\d+-Core Processor$", "", cpu), "threads": args.threads, "repeats": args.repeats,
                "steps": args.steps, "warmup": args.warmup, "rows": []}
-    peak = {"fp32": matmul_peak(torch.float32, args.threads), "bf16": matmul_peak(torch.bfloat16, args.threads)}
+    kinds = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peak = {p: matmul_peak(kinds[p], args.threads) for p in sorted({"fp32", *args.precisions.split(",")})}
     results["matmul_peak_gflops"] = peak
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
@@ -348,7 +356,7 @@ def main():
                             1, max(3, args.steps // 4)))
         for config in configs:
             name, mcfg, batch = config[0], config[2], config[3]
-            for precision in (["fp32", "bf16"] if name == "minilm-l6" else ["fp32"]):
+            for precision in (args.precisions.split(",") if name == "minilm-l6" else ["fp32"]):
                 runs = {"runner": [], "hf": [], "sparse": []}
                 for rep in range(args.repeats):
                     print(f"{name} {precision} run {rep + 1}/{args.repeats}", file=sys.stderr, flush=True)
@@ -368,9 +376,12 @@ def main():
     os.makedirs(out, exist_ok=True)
     text = table(results)
     print(text)
-    json.dump(results, open(os.path.join(out, "latest.json"), "w"), indent=1)
-    open(os.path.join(out, "latest.md"), "w").write(text + "\n")
-    plot(results, os.path.join(out, "latest.png"))
+    json.dump(results, open(os.path.join(out, f"{args.name}.json"), "w"), indent=1)
+    open(os.path.join(out, f"{args.name}.md"), "w").write(text + "\n")
+    try:
+        plot(results, os.path.join(out, f"{args.name}.png"))
+    except ImportError:
+        print("matplotlib is not installed (bench/run.sh installs it): no plot", file=sys.stderr)
 
 
 if __name__ == "__main__":
