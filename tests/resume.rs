@@ -224,7 +224,7 @@ fn a_second_run_of_the_same_name_is_refused_while_the_first_runs() {
 }
 
 #[test]
-fn a_loss_that_is_not_a_number_names_the_step_the_checkpoint_and_the_documents() {
+fn a_loss_that_is_not_a_number_names_the_step_the_checkpoint_and_the_documents_and_keeps_overwritten_results() {
     let out = tempfile::tempdir().unwrap();
     // The tiny model with a NaN in a LayerNorm: every loss is NaN.
     let model = out.path().join("nan-bert");
@@ -240,14 +240,25 @@ fn a_loss_that_is_not_a_number_names_the_step_the_checkpoint_and_the_documents()
     let _ = t.fill_(f64::NAN);
     Tensor::write_safetensors(&tensors, &weights).unwrap();
 
+    // An earlier run of the same name, which the failing run asks to overwrite.
+    let earlier = finish(&args("run", out.path(), 0, &["training.max_steps=2"]));
+    assert!(earlier.status.success(), "{}", stderr(&earlier));
+    let rows = std::fs::read(out.path().join("r/metrics.csv")).unwrap();
+
     let m = format!("model.checkpoint={}", model.display());
-    let o = finish(&args("run", out.path(), 0, &[&m, "eval.at_start=false"]));
+    let mut a = args("run", out.path(), 0, &[&m, "eval.at_start=false"]);
+    a.push("--overwrite".into());
+    let o = finish(&a);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     for needle in ["training loss became NaN at step 1", "last good checkpoint: none", "training documents"] {
         assert!(err.contains(needle), "`{needle}` in:\n{err}");
     }
     assert!(!err.contains("panicked"), "{err}");
+    // The failed run did not cost the earlier results: they are back in place.
+    assert_eq!(std::fs::read(out.path().join("r/metrics.csv")).unwrap(), rows, "the earlier run's rows are restored");
+    assert!(out.path().join("r/checkpoint/model.safetensors").is_file());
+    assert!(!out.path().join(".r.replaced").exists());
 }
 
 #[test]
