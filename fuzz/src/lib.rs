@@ -14,6 +14,20 @@
 #[path = "../../runner/src/error.rs"]
 pub mod error;
 
+/// `error.rs` maps the runner's `train::signals::Interrupted` (a run stopped by
+/// a signal) to its exit code. Recipe code never stops a run, so the fuzz build
+/// has a type of that name which nothing here constructs, instead of the whole
+/// training module.
+pub mod train {
+    pub mod signals {
+        #[derive(Debug, thiserror::Error)]
+        #[error("stopped by signal {signal}")]
+        pub struct Interrupted {
+            pub signal: i32,
+        }
+    }
+}
+
 // A module file named by #[path] places its own #[path]s relative to its folder.
 #[path = "runner_recipe.rs"]
 pub mod recipe;
