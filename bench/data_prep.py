@@ -48,6 +48,16 @@ def make_corpus(dst: Path, size_mb: int) -> int:
     return written
 
 
+def cpu_model() -> str:
+    """The CPU's name and whether it has AVX-512 (figures from different hosts differ)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown CPU")
+    return f"{name}, {'AVX-512' if ' avx512f' in info else 'AVX2'}"
+
+
 def tree_rss(pid: int) -> int:
     """Resident bytes of `pid` and all its descendants."""
     children = {}
@@ -160,7 +170,7 @@ def main():
     ap.add_argument("--sizes-mb", default="100,1000")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="runner-data-bench-", dir=args.tmp))
-    results = {"machine": f"{os.cpu_count()} cores", "threads": args.threads, "runs": []}
+    results = {"machine": f"{os.cpu_count()} cores, {cpu_model()}", "threads": args.threads, "runs": []}
     try:
         if args.rss_bound_mb:
             failed = False
@@ -178,18 +188,20 @@ def main():
         else:
             corpus = tmp / "corpus"
             written = make_corpus(corpus, args.size_mb)
+            out = ROOT / "bench/results/data_prep.json"
             for who, fn in [("runner", run_runner), ("datasets", run_datasets)]:
                 r = fn(corpus, tmp, args.threads)
                 results["runs"].append({"who": who, "corpus_mb": written / 1e6, **{k: v for k, v in r.items() if k != "log"}})
                 print(f"{who}: {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB (largest process {r['max_process_rss_mb']:.0f} MB), "
                       f"on disk {r['store_mb']:.0f} MB", flush=True)
+                # Each figure is kept as soon as it exists: the peer can take an hour or more.
+                out.write_text(json.dumps(results, indent=2))
             runner, hf = results["runs"]
             print(f"\n| who | corpus MB | wall s | peak RSS MB | on disk MB |\n|---|---|---|---|---|")
             for r in results["runs"]:
                 print(f"| {r['who']} | {r['corpus_mb']:.0f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['store_mb']:.0f} |")
             print(f"\nrunner vs datasets: {hf['wall_s'] / runner['wall_s']:.2f}x faster, "
                   f"{hf['peak_rss_mb'] / runner['peak_rss_mb']:.2f}x less peak RSS")
-            out = ROOT / "bench/results/data_prep.json"
             failed = False
         out.write_text(json.dumps(results, indent=2))
         print(f"results: {out.relative_to(ROOT)}")

@@ -313,6 +313,7 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         set("--set without =", &["training.lr"], "expected key.path=value"),
         set("--set into a value", &["run.name.x=1"], "`run.name` is not a section"),
         set("--set bad YAML", &["training.lr=[1"], "is not a YAML value"),
+        set("--set a key YAML cannot write back", &["model.options.config={{a: 1}: 2}"], "model.options.config: a key must be text"),
         // Corpora.
         set("missing corpus", &[&train(&ws("nope.txt"))], "does not exist"),
         set("empty corpus", &[&train(&ws("empty.txt"))], "empty.txt is empty"),

@@ -7,6 +7,7 @@
 //! (`fuzz/`) compiles this file as it is.
 
 use anyhow::Result;
+use serde_yaml::Value;
 
 use super::overrides::{self, Override};
 use super::raw::RawRecipe;
@@ -30,15 +31,60 @@ pub fn parse(text: &str, shown: &str, overrides: &[Override]) -> Result<RawRecip
             user_msg(format!("{file}: {key}: {what}"))
         }
     };
-    if overrides.is_empty() {
+    let raw: RawRecipe = if overrides.is_empty() {
         // Straight from the text, so errors carry line and column.
-        return serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| located(e, false));
+        serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| located(e, false))?
+    } else {
+        let mut tree: Value = serde_yaml::from_str(text).map_err(|e| user_msg(format!("{shown}: {e}")))?;
+        for o in overrides {
+            overrides::apply(&mut tree, o).map_err(|e| user_msg(format!("{e:#}")))?;
+        }
+        serde_path_to_error::deserialize(tree).map_err(|e| located(e, true))?
+    };
+    // Open mappings (`options:`) take any YAML, but a run keeps its recipe as
+    // YAML, and serde_yaml reads keys it cannot write back (`{a: 1}: 2`, `!t x: 2`).
+    let tree = serde_yaml::to_value(&raw).map_err(|e| user_msg(format!("{shown}: {e}")))?;
+    if let Some((key, kind)) = complex_key(&tree, "") {
+        let file = if overrides.is_empty() { shown.to_string() } else { format!("{shown} (with --set)") };
+        return Err(user_msg(format!(
+            "{file}: {key}: a key must be text, a number, true/false or null, not {kind}"
+        )));
     }
-    let mut tree: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| user_msg(format!("{shown}: {e}")))?;
-    for o in overrides {
-        overrides::apply(&mut tree, o).map_err(|e| user_msg(format!("{e:#}")))?;
+    Ok(raw)
+}
+
+/// The first mapping key under `v` that is not a plain scalar: where it is
+/// (the dotted path of the mapping holding it) and what it is.
+fn complex_key(v: &Value, at: &str) -> Option<(String, &'static str)> {
+    let child = |k: &str| if at.is_empty() { k.to_string() } else { format!("{at}.{k}") };
+    match v {
+        Value::Mapping(m) => m.iter().find_map(|(k, v)| {
+            let kind = match k {
+                Value::Mapping(_) => Some("a mapping"),
+                Value::Sequence(_) => Some("a list"),
+                Value::Tagged(_) => Some("a tagged value"),
+                _ => None,
+            };
+            let here = if at.is_empty() { "(top level)".to_string() } else { at.to_string() };
+            match kind {
+                Some(kind) => Some((here, kind)),
+                None => complex_key(v, &child(&scalar_text(k))),
+            }
+        }),
+        Value::Sequence(s) => s.iter().enumerate().find_map(|(i, v)| complex_key(v, &child(&i.to_string()))),
+        Value::Tagged(t) => complex_key(&t.value, at),
+        _ => None,
     }
-    serde_path_to_error::deserialize(tree).map_err(|e| located(e, true))
+}
+
+/// A scalar key as the dotted paths in messages show it.
+fn scalar_text(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => "null".to_string(),
+    }
 }
 
 /// serde's "unknown field `lrr`, expected one of `lr`, ..." (or "unknown
@@ -89,6 +135,21 @@ mod tests {
         assert!(err.contains("did you mean `cosine`?"), "{err}");
         let far = parse(&format!("{MINIMAL}training: {{zzzzzz: 1}}\n"), "r.yaml", &[]).unwrap_err().to_string();
         assert!(!far.contains("did you mean"), "{far}");
+    }
+
+    #[test]
+    fn keys_that_cannot_be_written_back_are_refused_with_their_place() {
+        for (options, kind) in [("{{a: 1}: 2}", "a mapping"), ("{!t x: 1}", "a tagged value"), ("{[a]: 1}", "a list")] {
+            let text = MINIMAL.replace("{checkpoint: m}", &format!("{{checkpoint: m, options: {{config: {options}}}}}"));
+            let err = parse(&text, "r.yaml", &[]).unwrap_err().to_string();
+            assert_eq!(err, format!("r.yaml: model.options.config: a key must be text, a number, true/false or null, not {kind}"));
+        }
+        let set: Override = "model.options.x={{a: 1}: 2}".parse().unwrap();
+        let err = parse(MINIMAL, "r.yaml", &[set]).unwrap_err().to_string();
+        assert!(err.starts_with("r.yaml (with --set): model.options.x: a key must be"), "{err}");
+        // Plain keys of every scalar kind stay allowed.
+        let text = MINIMAL.replace("{checkpoint: m}", "{checkpoint: m, options: {1: a, true: b, ~: c, x: [{y: 1}]}}");
+        assert!(parse(&text, "r.yaml", &[]).is_ok());
     }
 
     #[test]
