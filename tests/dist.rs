@@ -272,19 +272,35 @@ fn wait_with_limit(child: Child, limit: Duration) -> Output {
     })
 }
 
-#[test]
-fn launch_names_the_rank_whose_worker_was_killed_and_stops_the_others() {
+/// Starts a long launch, sends `sig` to the process `pick` names (given the
+/// launcher's pid and the workers'), and returns the launcher's output once it
+/// has ended. No worker outlives it: a launcher that ends by itself has stopped
+/// them first; one that was SIGKILLed leaves them to die on their own, soon.
+fn launch_after_signal(sig: i32, pick: impl FnOnce(u32, &[u32]) -> u32) -> Output {
     let out = tempfile::tempdir().unwrap();
     let (launcher, workers) = start_long_launch(out.path());
-    let victim = *workers.iter().find(|p| rank_of(**p) == Some(1)).expect("a worker with RANK=1");
-    signal(victim, libc::SIGKILL);
+    let launcher_pid = launcher.id();
+    let target = pick(launcher_pid, &workers);
+    signal(target, sig);
     let o = wait_with_limit(launcher, Duration::from_secs(30));
+    if target == launcher_pid && sig == libc::SIGKILL {
+        wait_until("the workers to die with the launcher", Duration::from_secs(10), || workers.iter().all(|w| !alive(*w)));
+    } else {
+        for w in workers {
+            assert!(!alive(w), "worker {w} outlived the launcher");
+        }
+    }
+    o
+}
+
+#[test]
+fn launch_names_the_rank_whose_worker_was_killed_and_stops_the_others() {
+    let o = launch_after_signal(libc::SIGKILL, |_, workers| {
+        *workers.iter().find(|p| rank_of(**p) == Some(1)).expect("a worker with RANK=1")
+    });
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("error: rank 1 was killed by signal 9 (SIGKILL); the other workers were stopped"), "{err}");
-    for w in workers {
-        assert!(!alive(w), "worker {w} outlived the launcher");
-    }
 }
 
 #[test]
@@ -301,25 +317,16 @@ fn launch_passes_on_the_failing_workers_exit_code() {
 
 #[test]
 fn launch_forwards_ctrl_c_and_exits_130() {
-    let out = tempfile::tempdir().unwrap();
-    let (launcher, workers) = start_long_launch(out.path());
-    signal(launcher.id(), libc::SIGINT);
-    let o = wait_with_limit(launcher, Duration::from_secs(30));
+    let o = launch_after_signal(libc::SIGINT, |launcher, _| launcher);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted by SIGINT"), "{err}");
-    for w in workers {
-        assert!(!alive(w), "worker {w} outlived the launcher");
-    }
 }
 
 #[test]
 fn workers_die_with_a_killed_launcher() {
-    let out = tempfile::tempdir().unwrap();
-    let (launcher, workers) = start_long_launch(out.path());
-    signal(launcher.id(), libc::SIGKILL);
-    let _ = wait_with_limit(launcher, Duration::from_secs(30));
-    wait_until("the workers to die with the launcher", Duration::from_secs(10), || workers.iter().all(|w| !alive(*w)));
+    // The helper's own check is the test: the workers end with the launcher.
+    launch_after_signal(libc::SIGKILL, |launcher, _| launcher);
 }
 
 #[test]
