@@ -204,15 +204,9 @@ mod tests {
         assert_eq!(seen, all, "a method of MlmModel was not called here or not forwarded");
     }
 
-    #[test]
-    fn every_metric_method_is_forwarded_defaults_included() {
-        let hook = Recorder::default();
-        let mut w: Box<dyn Metric> = Box::new(Wrapped { inner: Box::new(Count(0.0)) as Box<dyn Metric>, hook: hook.clone() });
-        let out = Model.forward_mlm(&batch(), Mode::Eval).unwrap();
-        w.reset().unwrap();
-        w.update(&out).unwrap();
-        assert_eq!(w.compute().unwrap()["count"], 1.0);
-        let vocab = VocabInfo {
+    /// A vocabulary with nothing in it: the calls below only pass it on.
+    fn empty_vocab() -> VocabInfo {
+        VocabInfo {
             vocab_size: 0,
             mask_id: 0,
             pad_id: 0,
@@ -221,7 +215,18 @@ mod tests {
             is_special: vec![],
             is_continuation: vec![],
             tokens: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn every_metric_method_is_forwarded_defaults_included() {
+        let hook = Recorder::default();
+        let mut w: Box<dyn Metric> = Box::new(Wrapped { inner: Box::new(Count(0.0)) as Box<dyn Metric>, hook: hook.clone() });
+        let out = Model.forward_mlm(&batch(), Mode::Eval).unwrap();
+        w.reset().unwrap();
+        w.update(&out).unwrap();
+        assert_eq!(w.compute().unwrap()["count"], 1.0);
+        let vocab = empty_vocab();
         w.update_with_model(&Model, &[], &vocab).unwrap();
         w.prepare(&Bytes, &vocab, 8).unwrap();
         assert_eq!(w.partial_sums().unwrap(), None);
@@ -238,16 +243,7 @@ mod tests {
     fn prepare_hands_the_tokenizer_through_and_features_default_to_an_error() {
         let mut w: Box<dyn Metric> =
             Box::new(Wrapped { inner: Box::new(Prepared(0)) as Box<dyn Metric>, hook: Recorder::default() });
-        let vocab = VocabInfo {
-            vocab_size: 0,
-            mask_id: 0,
-            pad_id: 0,
-            cls_id: 0,
-            sep_id: 0,
-            is_special: vec![],
-            is_continuation: vec![],
-            tokens: vec![],
-        };
+        let vocab = empty_vocab();
         w.prepare(&Bytes, &vocab, 2).unwrap();
         assert_eq!(w.compute().unwrap()["tokens"], 2.0);
 
