@@ -1,5 +1,6 @@
 //! Records what a plugin's declaration must match: the rustc that compiles
-//! this crate (`rustc -vV`), the libtorch it builds against, and a fingerprint
+//! this crate (`rustc -vV`), the tch version Cargo.lock resolved, the libtorch
+//! it builds against, and a fingerprint
 //! of this crate's sources. Also gives test binaries an rpath to .venv's libtorch.
 
 use std::hash::{Hash, Hasher};
@@ -26,6 +27,20 @@ fn main() {
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=RUNNER_API_LIBTORCH_VERSION={torch_version}");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+
+    // The tch version: the one the workspace's Cargo.lock resolved (the
+    // workspace pins it exactly), so it is written in one place.
+    let lock = Path::new("../Cargo.lock");
+    println!("cargo:rerun-if-changed=../Cargo.lock");
+    let text = std::fs::read_to_string(lock).expect("runner-api is built inside the runner's workspace, beside its Cargo.lock");
+    let mut packages = text.split("[[package]]");
+    let tch = packages
+        .find_map(|p| {
+            let field = |key: &str| p.lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().trim_matches('"').to_string()));
+            (field("name = ").as_deref() == Some("tch")).then(|| field("version = ")).flatten()
+        })
+        .expect("Cargo.lock lists the tch package");
+    println!("cargo:rustc-env=RUNNER_API_TCH_VERSION={tch}");
 
     // Fingerprint: the API's sources, the compiler and the target.
     let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -2,8 +2,9 @@
 //! small C++ shims compiled against the libtorch headers tch builds with
 //! (`cpp/autocast.cpp`: libtorch's autocast; `cpp/c10d.cpp`: c10d's TCPStore,
 //! Gloo and the collectives); and, when the torch wheel has CUDA,
-//! `librunner_nccl.so` next to the binary (`cpp/nccl.cpp`: the NCCL process
-//! group, kept out of the binary so CPU runs never load libtorch_cuda.so).
+//! `librunner_nccl.so` in `OUT_DIR` (`cpp/nccl.cpp`: the NCCL process group,
+//! kept out of the binary so CPU runs never load libtorch_cuda.so), whose path
+//! the runner gets as `RUNNER_NCCL_LIBRARY`.
 
 #[path = "../build-support/rpath.rs"]
 mod rpath;
@@ -38,10 +39,12 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=RUNNER_NO_NCCL");
 
+    let nccl = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("librunner_nccl.so");
+    println!("cargo:rustc-env=RUNNER_NCCL_LIBRARY={}", nccl.display());
     if std::env::var_os("RUNNER_NO_NCCL").is_some_and(|v| !v.is_empty() && v != "0") {
         return;
     }
-    if let Err(why) = build_nccl(&libtorch, &abi) {
+    if let Err(why) = build_nccl(&libtorch, &abi, &nccl) {
         println!("cargo:warning=librunner_nccl.so not built (NCCL process groups unavailable):");
         for line in why.lines() {
             println!("cargo:warning=  {line}");
@@ -49,12 +52,12 @@ fn main() {
     }
 }
 
-/// Compiles `cpp/nccl.cpp` into `target/<profile>/librunner_nccl.so`, linked
-/// against libtorch_cuda with the same rpath as the binary. The headers come
+/// Compiles `cpp/nccl.cpp` into `target`, linked against libtorch_cuda with
+/// the wheel's `lib/` as its rpath. The headers come
 /// from the wheels torch installs into site-packages: `nvidia/nccl/include`
 /// (nvidia-nccl) and `nvidia/<cuda>/include` (the CUDA runtime, with its
 /// `crt/` and CCCL parts from cuda-toolkit's `crt` and `cccl` extras).
-fn build_nccl(libtorch: &Path, abi: &str) -> Result<(), String> {
+fn build_nccl(libtorch: &Path, abi: &str, target: &Path) -> Result<(), String> {
     let torch_lib = libtorch.join("lib");
     if !torch_lib.join("libtorch_cuda.so").is_file() {
         return Err(format!("{} has no libtorch_cuda.so (a CPU-only torch)", torch_lib.display()));
@@ -76,14 +79,10 @@ fn build_nccl(libtorch: &Path, abi: &str) -> Result<(), String> {
         }
     }
 
-    // OUT_DIR is target/<profile>/build/runner-<hash>/out: the binary's folder is three up.
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| e.to_string())?);
-    let profile_dir = out_dir.ancestors().nth(3).ok_or("unexpected OUT_DIR layout")?.to_path_buf();
-    let target = profile_dir.join("librunner_nccl.so");
     let sources = [Path::new("cpp/nccl.cpp"), Path::new("cpp/c10d.h")];
     // Compiling against the CUDA headers takes a while: skip it when nothing changed.
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let Some(built) = modified(&target) {
+    if let Some(built) = modified(target) {
         if sources.iter().all(|s| modified(s).is_some_and(|m| m <= built)) {
             return Ok(());
         }
@@ -100,13 +99,14 @@ fn build_nccl(libtorch: &Path, abi: &str) -> Result<(), String> {
     for dir in &includes {
         cmd.arg("-I").arg(dir);
     }
-    cmd.arg("cpp/nccl.cpp").arg("-o").arg(&target).arg(format!("-L{}", torch_lib.display()));
+    cmd.arg("cpp/nccl.cpp").arg("-o").arg(target).arg(format!("-L{}", torch_lib.display()));
     cmd.args(["-Wl,--no-as-needed", "-ltorch_cuda", "-ltorch_cpu", "-lc10_cuda", "-lc10"]);
-    // The binary's rpath (build-support/rpath.rs), relative to target/<profile>/.
-    cmd.arg("-Wl,-rpath,$ORIGIN/../../.venv/torch/lib");
+    // The wheel's libraries, where the build found them (LD_LIBRARY_PATH, as a
+    // copied installation sets it, comes first).
+    cmd.arg(format!("-Wl,-rpath,{}", torch_lib.display()));
     let out = cmd.output().map_err(|e| format!("{}: {e}", compiler.path().display()))?;
     if !out.status.success() {
-        let _ = std::fs::remove_file(&target);
+        let _ = std::fs::remove_file(target);
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(15).collect();
         return Err(format!("{cmd:?} failed:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n")));

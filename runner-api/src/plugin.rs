@@ -18,8 +18,8 @@ pub const DECLARATION_SYMBOL: &[u8] = b"RUNNER_PLUGIN_DECLARATION\0";
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// `rustc -vV`'s first line for the compiler that built this crate.
 pub const RUSTC_VERSION: &str = env!("RUNNER_API_RUSTC_VERSION");
-/// The tch crate this API is pinned to.
-pub const TCH_VERSION: &str = "0.24.0";
+/// The tch crate this API is pinned to (from the workspace's Cargo.lock).
+pub const TCH_VERSION: &str = env!("RUNNER_API_TCH_VERSION");
 /// The libtorch (torch wheel) version tch was built against.
 pub const LIBTORCH_VERSION: &str = env!("RUNNER_API_LIBTORCH_VERSION");
 /// A hash of this crate's sources, compiler and target.

@@ -22,9 +22,8 @@ use crate::config::BertConfig;
 use crate::dropout::MaskRng;
 use runner_api::{Mode, IGNORE_INDEX};
 
-/// Optimizer group of parameters that take weight decay.
-pub const DECAY: usize = 0;
-/// Optimizer group of biases and LayerNorm weights (no weight decay).
+/// Optimizer group of biases and LayerNorm weights (no weight decay); every
+/// other parameter stays in the var store's default group 0 and takes decay.
 pub const NO_DECAY: usize = 1;
 
 fn normal(std: f64) -> Init {

@@ -2,8 +2,9 @@
 //! TCPStore rendezvous at `MASTER_ADDR:MASTER_PORT`, then a Gloo (CPU) or
 //! NCCL (CUDA) backend on it. [`ProcessGroup`] implements [`Collective`]; it
 //! is destroyed when dropped. NCCL's constructor lives in
-//! `librunner_nccl.so` (next to the binary), loaded only when NCCL is asked
-//! for, since it pulls in libtorch_cuda.
+//! `librunner_nccl.so` (built into the build script's `OUT_DIR`, or copied
+//! next to the binary), loaded only when NCCL is asked for, since it pulls in
+//! libtorch_cuda.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::PathBuf;
@@ -256,15 +257,16 @@ impl Drop for ProcessGroup {
 pub const NCCL_LIBRARY: &str = "librunner_nccl.so";
 
 /// Loads `librunner_nccl.so` (and with it libtorch_cuda) once, and returns its
-/// constructor. Looked for next to the executable, then one folder up (test
-/// binaries live in target/<profile>/deps).
+/// constructor. Looked for next to the executable (where a copied installation
+/// keeps it), then where the build script wrote it (its `OUT_DIR`).
 fn nccl_backend_new() -> Result<NcclBackendNew> {
     static LOADED: OnceLock<Result<NcclBackendNew, String>> = OnceLock::new();
     LOADED
         .get_or_init(|| {
             crate::device::load_cuda();
             let exe = std::env::current_exe().map_err(|e| format!("where is this executable? {e}"))?;
-            let candidates: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(|d| d.join(NCCL_LIBRARY)).collect();
+            let mut candidates: Vec<PathBuf> = exe.parent().map(|d| d.join(NCCL_LIBRARY)).into_iter().collect();
+            candidates.push(PathBuf::from(env!("RUNNER_NCCL_LIBRARY")));
             let Some(path) = candidates.iter().find(|p| p.is_file()) else {
                 return Err(format!(
                     "the NCCL backend needs {NCCL_LIBRARY}, which was not found next to the runner ({}); it is built only \

@@ -29,10 +29,11 @@ pub struct Row {
     pub eval: BTreeMap<String, f64>,
 }
 
-/// The metrics table of a run, grown row by row and rewritten as rows come.
+/// The columns of a run's metrics table, which is rewritten as rows come. The
+/// rows themselves belong to the training state (a checkpoint saves them).
 #[derive(Debug, Default)]
 pub struct MetricsTable {
-    pub rows: Vec<Row>,
+    /// The eval columns, in the order the recipe lists the metrics.
     eval_columns: Vec<String>,
     /// Whether the table has `loss_scale` and `skipped_steps` columns (fp16).
     loss_scale: bool,
@@ -40,7 +41,7 @@ pub struct MetricsTable {
 
 impl MetricsTable {
     pub fn new(eval_columns: Vec<String>) -> Self {
-        MetricsTable { rows: Vec::new(), eval_columns, loss_scale: false }
+        MetricsTable { eval_columns, loss_scale: false }
     }
 
     /// Adds the `loss_scale` and `skipped_steps` columns when `on`.
@@ -49,9 +50,10 @@ impl MetricsTable {
         self
     }
 
-    pub fn push(&mut self, row: Row) {
-        // Merge a row for a step that is already the last one (train log + eval).
-        if let Some(last) = self.rows.last_mut() {
+    /// Adds `row` to `rows`, merged into the last one when it is for the same
+    /// step (a train-log row and an eval row).
+    pub fn push(&self, rows: &mut Vec<Row>, row: Row) {
+        if let Some(last) = rows.last_mut() {
             if last.step == row.step {
                 last.train_loss = last.train_loss.or(row.train_loss);
                 last.tokens_per_s = last.tokens_per_s.or(row.tokens_per_s);
@@ -62,21 +64,17 @@ impl MetricsTable {
                 return;
             }
         }
-        self.rows.push(row);
+        rows.push(row);
     }
 
-    pub fn frame(&self) -> Result<DataFrame> {
-        let rows = &self.rows;
+    pub fn frame(&self, rows: &[Row]) -> Result<DataFrame> {
         let mut cols: Vec<Column> = vec![
             Column::new("step".into(), rows.iter().map(|r| r.step).collect::<Vec<u64>>()),
             Column::new("epoch".into(), rows.iter().map(|r| r.epoch).collect::<Vec<f64>>()),
             Column::new("lr".into(), rows.iter().map(|r| r.lr).collect::<Vec<f64>>()),
             Column::new("train_loss".into(), rows.iter().map(|r| r.train_loss).collect::<Vec<Option<f64>>>()),
         ];
-        let order = ["eval_loss", "perplexity", "accuracy"];
-        let mut names: Vec<&String> = self.eval_columns.iter().collect();
-        names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(order.len()));
-        for name in names {
+        for name in &self.eval_columns {
             let values: Vec<Option<f64>> = rows.iter().map(|r| r.eval.get(name).copied()).collect();
             cols.push(Column::new(name.as_str().into(), values));
         }
@@ -89,9 +87,9 @@ impl MetricsTable {
         Ok(DataFrame::new(cols)?)
     }
 
-    /// Writes `metrics.csv` and `metrics.parquet` into `dir`.
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        write_tables(&mut self.frame()?, dir, "metrics")
+    /// Writes `rows` as `metrics.csv` and `metrics.parquet` into `dir`.
+    pub fn write(&self, rows: &[Row], dir: &Path) -> Result<()> {
+        write_tables(&mut self.frame(rows)?, dir, "metrics")
     }
 }
 

@@ -3,12 +3,14 @@
 //!
 //! - `model.safetensors`: every trainable parameter, by name, as it is (float32
 //!   master weights);
-//! - `optimizer.safetensors`: AdamW's `exp_avg.<name>` and `exp_avg_sq.<name>`,
-//!   and under fp16 the loss scaler's `scaler.scale` and `scaler.growth_tracker`;
-//! - `state.json`: the step (which is also the schedule's position and the data's:
-//!   batches are a pure function of `(seed, index)`), AdamW's step count, the
-//!   steps skipped under fp16, the half-filled log window, the metric rows so
-//!   far, and the global batch's shape (micro-batch x accumulation x processes);
+//! - `state.safetensors` and `state.json`: the training state's
+//!   [`StateDict`](super::state::StateDict), its tensors (AdamW's `exp_avg.<name>`
+//!   and `exp_avg_sq.<name>`; under fp16 `scaler.scale` and
+//!   `scaler.growth_tracker`) and its values by part (the step, which is also the
+//!   schedule's position and the data's: batches are a pure function of
+//!   `(seed, index)`; the half-filled log window; the metric rows so far; AdamW's
+//!   step count; the steps skipped under fp16), with the global batch's shape
+//!   (micro-batch x accumulation x processes);
 //! - `recipe.yaml`: the resolved recipe the run was started with;
 //! - `manifest.json`: each file's size and SHA-256, written last.
 //!
@@ -26,19 +28,20 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
-use crate::report::Row;
+use super::state::StateDict;
 
 /// The folder of a run that holds its checkpoints.
 pub const DIR: &str = "checkpoints";
 const MODEL: &str = "model.safetensors";
-const OPTIMIZER: &str = "optimizer.safetensors";
+const TENSORS: &str = "state.safetensors";
 const STATE: &str = "state.json";
 const RECIPE: &str = "recipe.yaml";
 const MANIFEST: &str = "manifest.json";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// How the global batch was made: a resume on another number of processes
 /// must make the same one.
@@ -55,38 +58,28 @@ impl GlobalBatch {
     }
 }
 
-/// Train-loss figures of the log window that was open when the checkpoint was taken.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Window {
-    pub loss: f64,
-    pub steps: u64,
-    pub tokens: u64,
+/// `state.json`: the training state's values, and the global batch they were made with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedState {
+    pub format: u32,
+    pub global_batch: GlobalBatch,
+    /// [`StateDict::values`]: one entry per part of the state.
+    pub state: Map<String, Value>,
 }
 
-/// The numbers of a run's progress: `state.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Progress {
-    pub format: u32,
-    /// Optimizer steps done: the next step is `step + 1`.
-    pub step: u64,
-    pub global_batch: GlobalBatch,
-    /// AdamW's own step count (it lags `step` by the steps fp16 skipped).
-    pub optimizer_steps: u64,
-    pub skipped_steps: u64,
-    pub window: Window,
-    /// Training tokens and seconds so far (seconds: for the summary only).
-    pub tokens: u64,
-    pub train_seconds: f64,
-    pub allreduce_seconds: f64,
-    pub rows: Vec<Row>,
+impl SavedState {
+    /// Optimizer steps done when it was saved.
+    pub fn step(&self) -> u64 {
+        self.state.get("progress").and_then(|p| p.get("step")).and_then(Value::as_u64).unwrap_or(0)
+    }
 }
 
 /// What a checkpoint holds, read back.
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub model: Vec<(String, Tensor)>,
-    pub optimizer: Vec<(String, Tensor)>,
-    pub progress: Progress,
+    pub state: StateDict,
+    pub global_batch: GlobalBatch,
     pub recipe: String,
 }
 
@@ -108,27 +101,28 @@ pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
     run_dir.join(DIR).join(format!("step-{step}"))
 }
 
-/// Writes the checkpoint after `progress.step` and prunes older ones beyond
-/// `keep`. Returns its folder.
+/// Writes the checkpoint of `model` and `state` (after the state's step) and
+/// prunes older ones beyond `keep`. Returns its folder.
 pub fn save(
     run_dir: &Path,
     model: &[(String, Tensor)],
-    optimizer: &[(String, Tensor)],
-    progress: &Progress,
+    state: &StateDict,
+    global_batch: GlobalBatch,
     recipe: &str,
     keep: usize,
 ) -> Result<PathBuf> {
     let root = run_dir.join(DIR);
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let step = progress.step;
+    let saved = SavedState { format: FORMAT, global_batch, state: state.values.clone() };
+    let step = saved.step();
     let tmp = root.join(format!(".step-{step}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
     }
     std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     write_tensors(model, &tmp.join(MODEL))?;
-    write_tensors(optimizer, &tmp.join(OPTIMIZER))?;
-    write_file(&tmp.join(STATE), serde_json::to_string_pretty(progress)?.as_bytes())?;
+    write_tensors(&state.tensors, &tmp.join(TENSORS))?;
+    write_file(&tmp.join(STATE), serde_json::to_string_pretty(&saved)?.as_bytes())?;
     write_file(&tmp.join(RECIPE), recipe.as_bytes())?;
     sync_dir(&tmp)?;
 
@@ -142,7 +136,7 @@ pub fn save(
 
     // Complete only now: the manifest, through its own temporary name.
     let mut files = BTreeMap::new();
-    for name in [MODEL, OPTIMIZER, STATE, RECIPE] {
+    for name in [MODEL, TENSORS, STATE, RECIPE] {
         files.insert(name.to_string(), entry_of(&dir.join(name))?);
     }
     let manifest = serde_json::to_string_pretty(&Manifest { step, files })?;
@@ -167,16 +161,18 @@ pub fn newest_complete(run_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// The progress and recipe of a checkpoint, without its tensors.
-pub fn read_progress(dir: &Path) -> Result<(Progress, String)> {
+/// The saved state's values and the recipe of a checkpoint, without its tensors.
+pub fn read_state(dir: &Path) -> Result<(SavedState, String)> {
     let state = dir.join(STATE);
-    let progress: Progress = serde_json::from_str(&std::fs::read_to_string(&state)?)
-        .with_context(|| format!("{}: not a checkpoint state", state.display()))?;
-    if progress.format != FORMAT {
-        bail!("{}: checkpoint format {} (this runner reads {FORMAT})", state.display(), progress.format);
+    let text = std::fs::read_to_string(&state).with_context(|| format!("cannot read {}", state.display()))?;
+    let format = serde_json::from_str::<Value>(&text).ok().and_then(|v| v.get("format").and_then(Value::as_u64));
+    if format != Some(FORMAT as u64) {
+        let found = format.map_or_else(|| "no format".to_string(), |f| format!("format {f}"));
+        bail!("{}: checkpoint {found} (this runner reads format {FORMAT})", state.display());
     }
+    let saved: SavedState = serde_json::from_str(&text).with_context(|| format!("{}: not a checkpoint state", state.display()))?;
     let recipe = std::fs::read_to_string(dir.join(RECIPE)).with_context(|| format!("cannot read {}", dir.join(RECIPE).display()))?;
-    Ok((progress, recipe))
+    Ok((saved, recipe))
 }
 
 /// Reads a checkpoint folder (verify it first with [`newest_complete`]).
@@ -184,25 +180,9 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let read = |name: &str| {
         Tensor::read_safetensors(dir.join(name)).with_context(|| format!("cannot read {}", dir.join(name).display()))
     };
-    let (progress, recipe) = read_progress(dir)?;
-    Ok(Checkpoint { dir: dir.to_path_buf(), model: read(MODEL)?, optimizer: read(OPTIMIZER)?, progress, recipe })
-}
-
-impl Progress {
-    pub fn new(step: u64, global_batch: GlobalBatch) -> Self {
-        Progress {
-            format: FORMAT,
-            step,
-            global_batch,
-            optimizer_steps: 0,
-            skipped_steps: 0,
-            window: Window::default(),
-            tokens: 0,
-            train_seconds: 0.0,
-            allreduce_seconds: 0.0,
-            rows: Vec::new(),
-        }
-    }
+    let (saved, recipe) = read_state(dir)?;
+    let state = StateDict { tensors: read(TENSORS)?, values: saved.state };
+    Ok(Checkpoint { dir: dir.to_path_buf(), model: read(MODEL)?, state, global_batch: saved.global_batch, recipe })
 }
 
 /// Checks that `dir` has a manifest and that every file in it has the size
@@ -211,7 +191,7 @@ fn verify(dir: &Path) -> Result<()> {
     let path = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&path).map_err(|_| anyhow::anyhow!("no {MANIFEST} (the checkpoint was not completed)"))?;
     let manifest: Manifest = serde_json::from_str(&text).with_context(|| format!("{MANIFEST} does not parse"))?;
-    for name in [MODEL, OPTIMIZER, STATE, RECIPE] {
+    for name in [MODEL, TENSORS, STATE, RECIPE] {
         let Some(want) = manifest.files.get(name) else { bail!("{MANIFEST} does not list {name}") };
         let got = entry_of(&dir.join(name)).with_context(|| format!("cannot read {name}"))?;
         if got.bytes != want.bytes {
@@ -307,8 +287,11 @@ fn entry_of(path: &Path) -> Result<FileEntry> {
 mod tests {
     use super::*;
 
-    fn progress(step: u64) -> Progress {
-        Progress::new(step, GlobalBatch { micro_batch: 2, grad_accum: 1, processes: 1 })
+    const BATCH: GlobalBatch = GlobalBatch { micro_batch: 2, grad_accum: 1, processes: 1 };
+
+    fn state(step: u64) -> StateDict {
+        let values = serde_json::json!({ "progress": { "step": step }, "optimizer": { "steps": step } });
+        StateDict { tensors: tensors(), values: values.as_object().unwrap().clone() }
     }
 
     fn tensors() -> Vec<(String, Tensor)> {
@@ -319,14 +302,16 @@ mod tests {
     fn saves_verifies_loads_and_prunes() {
         let run = tempfile::tempdir().unwrap();
         for step in [2, 4, 6] {
-            save(run.path(), &tensors(), &tensors(), &progress(step), "run: {}\n", 2).unwrap();
+            save(run.path(), &tensors(), &state(step), BATCH, "run: {}\n", 2).unwrap();
         }
         let steps: Vec<u64> = listed(&run.path().join(DIR)).unwrap().into_iter().map(|(s, _)| s).collect();
         assert_eq!(steps, vec![4, 6], "only the newest two are kept");
         let newest = newest_complete(run.path()).unwrap().unwrap();
         assert_eq!(newest, step_dir(run.path(), 6));
         let ck = load(&newest).unwrap();
-        assert_eq!(ck.progress.step, 6);
+        assert_eq!(serde_json::Value::Object(ck.state.values.clone())["progress"]["step"], 6);
+        assert_eq!(ck.global_batch, BATCH);
+        assert_eq!(Vec::<f32>::try_from(&ck.state.tensors[0].1).unwrap(), vec![1.0, 2.0, 3.0]);
         assert_eq!(ck.recipe, "run: {}\n");
         assert_eq!(Vec::<f32>::try_from(&ck.model[0].1).unwrap(), vec![1.0, 2.0, 3.0]);
     }
@@ -334,8 +319,8 @@ mod tests {
     #[test]
     fn a_damaged_or_incomplete_checkpoint_is_skipped() {
         let run = tempfile::tempdir().unwrap();
-        save(run.path(), &tensors(), &tensors(), &progress(1), "a\n", 3).unwrap();
-        save(run.path(), &tensors(), &tensors(), &progress(2), "a\n", 3).unwrap();
+        save(run.path(), &tensors(), &state(1), BATCH, "a\n", 3).unwrap();
+        save(run.path(), &tensors(), &state(2), BATCH, "a\n", 3).unwrap();
         // Step 2's weights lose a byte: step 1 is the newest complete one.
         let model = step_dir(run.path(), 2).join(MODEL);
         let bytes = std::fs::read(&model).unwrap();

@@ -7,10 +7,14 @@
 //! has no binding for torch's fused kernel, and the per-tensor chain of ops
 //! reads and writes each buffer several times. Other parameters take that chain.
 
+use std::collections::HashMap;
+
 use anyhow::Result;
 use tch::Tensor;
 
 use runner_api::Parameter;
+
+use super::state::{copy_named, Stateful};
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWConfig {
@@ -115,35 +119,6 @@ impl AdamW {
         Ok(total)
     }
 
-    /// The moments by name (`exp_avg.<param>`, `exp_avg_sq.<param>`), to checkpoint.
-    pub fn state(&self) -> Vec<(String, Tensor)> {
-        let named = |prefix: &str, ts: &[Tensor]| -> Vec<(String, Tensor)> {
-            self.params.iter().zip(ts).map(|(p, t)| (format!("{prefix}.{}", p.name), t.shallow_clone())).collect()
-        };
-        let mut out = named("exp_avg", &self.exp_avg);
-        out.extend(named("exp_avg_sq", &self.exp_avg_sq));
-        out
-    }
-
-    /// Restores the moments [`state`](AdamW::state) gave and the step count.
-    /// Every moment must be there with its parameter's shape.
-    pub fn load_state(&mut self, tensors: &[(String, Tensor)], steps: u64) -> Result<()> {
-        let _guard = tch::no_grad_guard();
-        let by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        for (prefix, moments) in [("exp_avg", &mut self.exp_avg), ("exp_avg_sq", &mut self.exp_avg_sq)] {
-            for (p, m) in self.params.iter().zip(moments.iter_mut()) {
-                let name = format!("{prefix}.{}", p.name);
-                let Some(t) = by_name.get(name.as_str()) else { anyhow::bail!("the optimizer state has no {name}") };
-                if t.size() != m.size() {
-                    anyhow::bail!("the optimizer state's {name} has shape {:?}, the parameter {:?}", t.size(), m.size());
-                }
-                m.f_copy_(t)?;
-            }
-        }
-        self.steps = steps;
-        Ok(())
-    }
-
     /// Number of trainable parameter elements.
     pub fn num_elements(&self) -> i64 {
         self.params.iter().map(|p| p.tensor.numel() as i64).sum()
@@ -203,6 +178,41 @@ fn adamw_kernel(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &Coef
         *v = *v * k.beta2 + (g * k.one_minus_beta2) * g;
         let denom = v.sqrt() / k.bias2_sqrt + k.eps;
         *p = *p * k.decay + (*m * -k.step_size) / denom;
+    }
+}
+
+
+/// Saved: the moments as `exp_avg.<name>` and `exp_avg_sq.<name>`, and the step count.
+impl Stateful for AdamW {
+    fn tensors(&self) -> Vec<(String, Tensor)> {
+        let named = |prefix: &str, ts: &[Tensor]| -> Vec<(String, Tensor)> {
+            self.params.iter().zip(ts).map(|(p, t)| (format!("{prefix}.{}", p.name), t.shallow_clone())).collect()
+        };
+        let mut out = named("exp_avg", &self.exp_avg);
+        out.extend(named("exp_avg_sq", &self.exp_avg_sq));
+        out
+    }
+
+    fn values(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({ "steps": self.steps }))
+    }
+
+    fn load_tensors(&mut self, saved: &HashMap<&str, &Tensor>) -> Result<()> {
+        for (prefix, moments) in [("exp_avg", &mut self.exp_avg), ("exp_avg_sq", &mut self.exp_avg_sq)] {
+            for (p, m) in self.params.iter().zip(moments.iter_mut()) {
+                copy_named(saved, &format!("{prefix}.{}", p.name), m)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load_values(&mut self, values: serde_json::Value) -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct Saved {
+            steps: u64,
+        }
+        self.steps = serde_json::from_value::<Saved>(values)?.steps;
+        Ok(())
     }
 }
 

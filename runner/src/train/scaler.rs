@@ -4,8 +4,12 @@
 //! before clipping; a step with a non-finite gradient is skipped and halves the
 //! scale; `growth_interval` clean steps in a row double it.
 
+use std::collections::HashMap;
+
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
+
+use super::state::{copy_named, Stateful};
 
 /// `torch.amp.GradScaler`'s settings; the defaults are its defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,26 +70,6 @@ impl LossScaler {
         Ok(found_inf.f_double_value(&[])?)
     }
 
-    /// The scale and growth tracker by name, to checkpoint.
-    pub fn state(&self) -> Vec<(String, Tensor)> {
-        vec![
-            ("scaler.scale".to_string(), self.scale.shallow_clone()),
-            ("scaler.growth_tracker".to_string(), self.growth_tracker.shallow_clone()),
-        ]
-    }
-
-    /// Restores what [`state`](LossScaler::state) gave, and the skipped-step count.
-    pub fn load_state(&mut self, tensors: &[(String, Tensor)], skipped: u64) -> Result<()> {
-        for (name, mine) in [("scaler.scale", &mut self.scale), ("scaler.growth_tracker", &mut self.growth_tracker)] {
-            let Some((_, t)) = tensors.iter().find(|(n, _)| n == name) else {
-                anyhow::bail!("the checkpoint has no {name} (was it saved by a run without precision: fp16?)")
-            };
-            mine.f_copy_(t)?;
-        }
-        self.skipped = skipped;
-        Ok(())
-    }
-
     /// Updates the scale after a step: `found_inf` is the flag every process
     /// agreed on (non-zero: the step was skipped).
     pub fn update(&mut self, found_inf: bool) -> Result<()> {
@@ -95,6 +79,38 @@ impl LossScaler {
         if found_inf {
             self.skipped += 1;
         }
+        Ok(())
+    }
+}
+
+
+/// Saved: `scaler.scale` and `scaler.growth_tracker`, and the skipped-step count.
+impl Stateful for LossScaler {
+    fn tensors(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("scaler.scale".to_string(), self.scale.shallow_clone()),
+            ("scaler.growth_tracker".to_string(), self.growth_tracker.shallow_clone()),
+        ]
+    }
+
+    fn values(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({ "skipped": self.skipped }))
+    }
+
+    fn load_tensors(&mut self, saved: &HashMap<&str, &Tensor>) -> Result<()> {
+        if !saved.contains_key("scaler.scale") {
+            anyhow::bail!("the saved state has no loss scale (was it saved by a run without precision: fp16?)");
+        }
+        copy_named(saved, "scaler.scale", &mut self.scale)?;
+        copy_named(saved, "scaler.growth_tracker", &mut self.growth_tracker)
+    }
+
+    fn load_values(&mut self, values: serde_json::Value) -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct Saved {
+            skipped: u64,
+        }
+        self.skipped = serde_json::from_value::<Saved>(values)?.skipped;
         Ok(())
     }
 }

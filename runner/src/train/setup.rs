@@ -1,0 +1,296 @@
+//! Setting a run up: [`build`] turns a resolved recipe into a [`Trainer`] ready
+//! to fit: the process's place in the job, `hf://` sources, the run folder and
+//! the checkpoint to resume from, the token store's examples, the components,
+//! the length of the run, and the state (restored and shared among processes).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use runner_api::{Metric, ModelSource};
+
+use super::checkpoint::{self, GlobalBatch};
+use super::optimizer::{AdamW, AdamWConfig};
+use super::resume;
+use super::run_dir::{RunDir, Start};
+use super::scaler::{LossScaler, ScalerConfig};
+use super::schedule::LrSchedule;
+use super::state::{Progress, TrainState};
+use super::trainer::{Settings, Trainer};
+use crate::data::examples::Examples;
+use crate::data::{cache, tokenizer, BatchMaker, EvalSet};
+use crate::error::user_msg;
+use crate::recipe::raw::Precision;
+use crate::recipe::{Recipe, TrainLength, Warmup};
+use crate::registry::Registry;
+use crate::report::MetricsTable;
+use crate::{components, device, dist};
+
+/// A trainer ready to fit, and what the export after it needs.
+pub struct Built {
+    pub trainer: Trainer,
+    /// The run's `tokenizer.json`, copied beside the exported weights.
+    pub tokenizer: PathBuf,
+    pub steps_per_epoch: f64,
+    pub parameters: i64,
+}
+
+/// Builds the trainer for `recipe`; `start` says what to do with results
+/// already in the run folder.
+pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instant) -> Result<Built> {
+    // This process's place in the job (one process unless torchrun, srun or `runner launch` started it).
+    let (world, collective) = dist::join(recipe)?;
+    let main = world.is_main();
+    let device = dist::device_of(recipe.device, &world);
+    if !recipe.precision_reason.is_empty() && main {
+        tracing::info!("precision: {:?} ({})", recipe.precision, recipe.precision_reason);
+    }
+    if let Some(w) = crate::precision::cpu_warning(recipe.precision, device).filter(|_| main) {
+        tracing::warn!("{w}");
+    }
+    // hf:// models and datasets: fetched into the Hugging Face cache before anything is written
+    // (by the first process; the others then find them there).
+    let sources = dist::first_then_others(collective.as_ref(), || crate::hub::sources(recipe))?;
+    let threads = dist::threads_of(recipe.threads, &world);
+    device::set_threads(threads);
+    tch::manual_seed(recipe.raw.run.seed as i64);
+    let recipe_yaml = serde_yaml::to_string(&recipe.raw)?;
+    let t = &recipe.raw.training;
+    let global_batch = GlobalBatch { micro_batch: t.batch_size, grad_accum: t.grad_accum_steps as u64, processes: world.world_size as u64 };
+    let mut folder = if main { RunDir::open(&recipe.run_dir, start)? } else { RunDir::unlocked(&recipe.run_dir) };
+    // The newest complete checkpoint to continue from (first process; the others get its state from it).
+    let resume_from = match start {
+        Start::Resume if main => resume_point(&mut folder, &recipe.raw)?,
+        _ => None,
+    };
+    // Refused before anything is written when the recipe changed in a way that matters.
+    if let Some(dir) = &resume_from {
+        let (saved, saved_recipe) = checkpoint::read_state(dir)?;
+        for w in resume::check(&saved_recipe, &recipe_yaml, saved.global_batch, global_batch, saved.step())? {
+            tracing::warn!("{w}");
+        }
+    }
+    if main {
+        crate::report::atomic_write(&recipe.run_dir.join("recipe.yaml"), |f| Ok(std::io::Write::write_all(f, recipe_yaml.as_bytes())?))?;
+    }
+
+    // Data: views over the token store, mapped from the token cache or built
+    // there (by one process under the store's lock; the others wait and map it).
+    let tok = tokenizer::load(&sources.tokenizer)?;
+    let vocab = tokenizer::vocab_info(&tok, &sources.tokenizer)?;
+    let (train, held_out) = cached_examples(recipe, &sources, registry, &tok, &vocab)?;
+    if train.is_empty() {
+        bail!(user_msg(format!(
+            "data.train: {} gives no training example of {} tokens (lower data.max_seq_len or add text)",
+            recipe.train_path.display(),
+            recipe.max_seq_len
+        )));
+    }
+    if held_out.is_empty() {
+        bail!(user_msg("data.eval: the held-out text gives no eval example (lower data.max_seq_len or hold out more)"));
+    }
+
+    // Components.
+    let masking = &recipe.raw.masking;
+    let masker = components::masker(registry, &masking.strategy, &masking.options, recipe.masking_rates, &vocab)?;
+    // Eval masks may use their own rate (eval.masking_rate), the other rates shared.
+    let eval_masker = match recipe.raw.eval.masking_rate {
+        Some(rate) if rate != recipe.masking_rates.rate => {
+            let rates = runner_api::MaskingRates { rate, ..recipe.masking_rates };
+            components::masker(registry, &masking.strategy, &masking.options, rates, &vocab)?
+        }
+        _ => masker.clone(),
+    };
+    let eval_set = EvalSet::new(
+        &held_out,
+        eval_masker.as_ref(),
+        recipe.raw.eval.batch_size,
+        recipe.raw.eval.max_sequences,
+        recipe.raw.eval.seed,
+        vocab.pad_id,
+    )?;
+    let model_section = &recipe.raw.model;
+    let source = ModelSource {
+        checkpoint: sources.checkpoint.as_deref(),
+        options: &model_section.options,
+        device,
+        compute: recipe.precision.compute_kind(),
+    };
+    let model = components::model(registry, &model_section.name, &source)?;
+    let info = model.info()?;
+    if (vocab.vocab_size as i64) > info.vocab_size {
+        bail!(user_msg(format!(
+            "tokenizer.path: {} has {} tokens but the model's vocabulary has {}",
+            sources.tokenizer.display(),
+            vocab.vocab_size,
+            info.vocab_size
+        )));
+    }
+    if recipe.max_seq_len as i64 > info.max_positions {
+        bail!(user_msg(format!(
+            "data.max_seq_len: {} is longer than the model's {} positions",
+            recipe.max_seq_len, info.max_positions
+        )));
+    }
+    let metrics =
+        components::metrics(registry, &recipe.raw.metrics, &tokenizer::Encoder(&tok), &vocab, info.max_positions as usize)?;
+
+    // Length of the run.
+    let batches = Arc::new(BatchMaker {
+        examples: Arc::new(train),
+        masker,
+        batch_size: t.batch_size,
+        seed: recipe.raw.run.seed,
+        pad_id: vocab.pad_id,
+        group_by_length: recipe.raw.data.group_by_length,
+    });
+    let micro_per_step = (t.grad_accum_steps * world.world_size) as u64;
+    let steps_per_epoch = (batches.batches_per_epoch() as f64 / micro_per_step as f64).max(1.0);
+    let total_steps = match recipe.length {
+        TrainLength::Steps(s) => s,
+        TrainLength::Epochs(e) => ((e * steps_per_epoch).ceil() as u64).max(1),
+    };
+    let warmup = match recipe.warmup {
+        Warmup::Steps(s) => s.min(total_steps),
+        Warmup::Ratio(r) => (r * total_steps as f64).ceil() as u64,
+    };
+    if main {
+        tracing::info!(
+            "model: {} parameters on {:?}; {} steps of {} x {} x {} sequences (micro-batch x accumulation x processes), \
+             warmup {}; eval on {} sequences ({} masked tokens)",
+            info.num_parameters,
+            info.device,
+            total_steps,
+            t.batch_size,
+            t.grad_accum_steps,
+            world.world_size,
+            warmup,
+            eval_set.sequences(),
+            eval_set.masked_tokens()
+        );
+    }
+
+    let optimizer = AdamW::new(
+        model.parameters()?,
+        AdamWConfig { beta1: t.adam_beta1, beta2: t.adam_beta2, eps: t.adam_eps, weight_decay: t.weight_decay },
+    );
+    let fp16 = recipe.precision == Precision::Fp16;
+    let columns = metric_columns(&metrics)?;
+    let mut trainer = Trainer {
+        settings: Settings {
+            seed: recipe.raw.run.seed,
+            schedule: LrSchedule { kind: t.schedule, peak: t.lr, warmup, total: total_steps },
+            grad_accum: t.grad_accum_steps as u64,
+            global_batch,
+            max_grad_norm: t.max_grad_norm,
+            log_every: t.log_every,
+            eval_every: recipe.raw.eval.every,
+            eval_at_start: recipe.raw.eval.at_start,
+            checkpoint_every: t.checkpoint.every,
+            checkpoint_keep: t.checkpoint.keep,
+            recipe_yaml,
+            resume_command: resume_command(&recipe.run_dir, &world),
+            device: info.device,
+            compute: recipe.precision.compute_kind(),
+            vocab,
+        },
+        collective,
+        model,
+        batches,
+        eval_set,
+        metrics,
+        table: MetricsTable::new(columns).with_loss_scale(fp16),
+        folder,
+        state: TrainState {
+            progress: Progress::default(),
+            optimizer,
+            scaler: fp16.then(|| LossScaler::new(ScalerConfig::default(), info.device)),
+        },
+        model_metric_seconds: 0.0,
+    };
+    if let Some(dir) = resume_from {
+        trainer.restore(&checkpoint::load(&dir)?)?;
+        tracing::info!("resuming after step {} from {}", trainer.state.progress.step, dir.display());
+    }
+    // Every process starts from the first one's weights and state.
+    if world.world_size > 1 {
+        trainer.share_state()?;
+    }
+    if main {
+        tracing::info!("ready to train {:.2}s after start", started.elapsed().as_secs_f64());
+    }
+    Ok(Built { trainer, tokenizer: sources.tokenizer, steps_per_epoch, parameters: info.num_parameters })
+}
+
+/// The checkpoint a resume continues from: the newest complete one. With none,
+/// the run starts over (what was in its folder is moved aside); a finished run
+/// with none is refused.
+fn resume_point(folder: &mut RunDir, raw: &crate::recipe::RawRecipe) -> Result<Option<PathBuf>> {
+    let dir = &folder.path;
+    if let Some(found) = checkpoint::newest_complete(dir)? {
+        return Ok(Some(found));
+    }
+    let finished = std::fs::read_to_string(dir.join("summary.json")).is_ok_and(|t| serde_json::from_str::<serde_json::Value>(&t).is_ok());
+    if finished {
+        bail!(user_msg(format!(
+            "{}: the run has finished and has no checkpoint to continue from (training.checkpoint.every); pass --overwrite to run it again",
+            dir.display()
+        )));
+    }
+    if dir.join("metrics.csv").exists() {
+        tracing::warn!("{}: no complete checkpoint to resume from; starting `{}` over", dir.display(), raw.run.name);
+        folder.start_over()?;
+    }
+    Ok(None)
+}
+
+/// The command that continues this run.
+fn resume_command(run_dir: &Path, world: &dist::World) -> String {
+    if world.world_size == 1 {
+        format!("runner resume {}", run_dir.display())
+    } else {
+        let recipe = run_dir.join("recipe.yaml");
+        let nodes = world.world_size / world.local_world_size.max(1);
+        if nodes > 1 {
+            format!("runner launch --nnodes {nodes} --nproc-per-node {} ... --resume {} (on every machine)", world.local_world_size, recipe.display())
+        } else {
+            format!("runner launch --nproc-per-node {} --resume {}", world.local_world_size, recipe.display())
+        }
+    }
+}
+
+/// Train and eval examples: views over the recipe's token store, mapped from
+/// the token cache when it holds it, else built there first.
+fn cached_examples(
+    recipe: &Recipe,
+    sources: &crate::hub::Sources,
+    registry: &Registry,
+    tok: &tokenizers::Tokenizer,
+    vocab: &runner_api::VocabInfo,
+) -> Result<(Examples, Examples)> {
+    let t0 = Instant::now();
+    let store = cache::store(recipe, sources, registry, tok, vocab.vocab_size)?;
+    let train = Examples::new(store.train.clone(), recipe.examples, recipe.max_seq_len, vocab);
+    let eval = Examples::new(store.eval.clone(), recipe.examples, recipe.max_seq_len, vocab);
+    tracing::info!(
+        "data: {} train documents -> {} examples ({} tokens), {} eval documents -> {} examples; mapped from the token store {} in {:.2}s",
+        store.train.documents(),
+        train.len(),
+        train.num_tokens(),
+        store.eval.documents(),
+        eval.len(),
+        store.dir.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok((train, eval))
+}
+
+/// Names of the eval columns the metrics produce.
+fn metric_columns(metrics: &[Box<dyn Metric>]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for m in metrics {
+        names.extend(m.compute()?.into_keys());
+    }
+    Ok(names)
+}
