@@ -37,6 +37,7 @@ use crate::data::{cache, tokenizer, BatchMaker, EvalSet};
 use crate::error::user_msg;
 use crate::autocast::Autocast;
 use crate::eval::evaluate;
+use crate::precision::ComputeKind;
 use crate::dist::Collective;
 use crate::recipe::raw::Precision;
 use crate::recipe::{Recipe, TrainLength, Warmup};
@@ -76,7 +77,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, start: Start) -> Result<RunOutc
     }
     // hf:// models and datasets: fetched into the Hugging Face cache before anything is written
     // (by the first process; the others then find them there).
-    let sources = dist::first_then_others(collective.as_ref(), || crate::hub::sources(recipe))?;
+    let sources = dist::first_then_others(collective.as_ref(), || crate::recipe::sources(recipe))?;
     let threads = dist::threads_of(recipe.threads, &world);
     device::set_threads(threads);
     tch::manual_seed(recipe.raw.run.seed as i64);
@@ -97,7 +98,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, start: Start) -> Result<RunOutc
         }
     }
     if main {
-        crate::report::atomic_write(&recipe.run_dir.join("recipe.yaml"), |f| Ok(std::io::Write::write_all(f, recipe_yaml.as_bytes())?))?;
+        runner_recipe::fs::atomic_write_bytes(&recipe.run_dir.join("recipe.yaml"), recipe_yaml.as_bytes())?;
     }
 
     // Data: views over the token store, mapped from the token cache or built
@@ -338,7 +339,7 @@ fn resume_command(run_dir: &Path, world: &dist::World) -> String {
 /// the token cache when it holds it, else built there first.
 fn cached_examples(
     recipe: &Recipe,
-    sources: &crate::hub::Sources,
+    sources: &crate::recipe::Sources,
     registry: &Registry,
     tok: &tokenizers::Tokenizer,
     vocab: &runner_api::VocabInfo,
