@@ -1,6 +1,5 @@
-//! The runner's recipe code that needs neither libtorch nor polars, compiled
-//! from its own files (`#[path]`), and [`one_input`], what the fuzz target
-//! checks on each input.
+//! [`one_input`]: what the fuzz target checks on each input, against the
+//! `runner-recipe` crate (the recipe code that needs neither libtorch nor polars).
 //!
 //! An input is a recipe's text, then any number of `--set` arguments, all
 //! separated by NUL bytes. For every input:
@@ -11,30 +10,9 @@
 //! - a recipe that parses is written back as YAML (as a run's `recipe.yaml`),
 //!   reads back, and checks the same way: the run folder's copy is the recipe.
 
-#[path = "../../runner/src/error.rs"]
-pub mod error;
-
-/// `error.rs` maps the runner's `train::signals::Interrupted` (a run stopped by
-/// a signal) to its exit code. Recipe code never stops a run, so the fuzz build
-/// has a type of that name which nothing here constructs, instead of the whole
-/// training module.
-pub mod train {
-    pub mod signals {
-        #[derive(Debug, thiserror::Error)]
-        #[error("stopped by signal {signal}")]
-        pub struct Interrupted {
-            pub signal: i32,
-        }
-    }
-}
-
-// A module file named by #[path] places its own #[path]s relative to its folder.
-#[path = "runner_recipe.rs"]
-pub mod recipe;
-
-use recipe::check::{self, Problems};
-use recipe::overrides::Override;
-use recipe::parse::parse;
+use runner_recipe::check::{self, Problems};
+use runner_recipe::overrides::Override;
+use runner_recipe::parse::parse;
 
 /// The recipe sections, the only things a problem may start with.
 const SECTIONS: &[&str] = &["run.", "data.", "tokenizer.", "masking.", "model.", "training.", "eval.", "metrics"];

@@ -18,7 +18,6 @@ pub mod data;
 pub mod device;
 pub mod elf;
 pub mod dist;
-pub mod error;
 pub mod eval;
 pub mod precision;
 pub mod hub;
@@ -27,3 +26,6 @@ pub mod registry;
 pub mod report;
 pub mod sweep;
 pub mod train;
+
+/// User errors and exit codes, from the bottom layer (`runner_recipe::error`).
+pub use runner_recipe::error;

@@ -14,7 +14,7 @@ fn store(args: &RecipeArgs) -> Result<(recipe::Recipe, crate::data::store::Store
     let raw = recipe::load(&args.recipe, &args.overrides)?;
     let registry = Registry::discover(&raw.plugins)?;
     let r = recipe::resolve(raw, &args.recipe, &registry)?;
-    let sources = crate::hub::sources(&r)?;
+    let sources = crate::recipe::sources(&r)?;
     let tok = tokenizer::load(&sources.tokenizer)?;
     let vocab = tokenizer::vocab_info(&tok, &sources.tokenizer)?;
     let store = cache::store(&r, &sources, &registry, &tok, vocab.vocab_size)?;

@@ -26,8 +26,7 @@ use tokenizers::Tokenizer;
 
 use super::prepare::{self, EvalInput, Input};
 use super::store::{Manifest, Store, Width};
-use crate::hub::Sources;
-use crate::recipe::{EvalSource, Recipe};
+use crate::recipe::{EvalSource, Recipe, Sources};
 use crate::registry::Registry;
 
 /// Part of every key: a new store format or split rule changes every key.

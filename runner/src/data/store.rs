@@ -101,10 +101,7 @@ impl Manifest {
 
     /// Writes `manifest.json` (to a temporary name, then renamed).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join(format!("{MANIFEST}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("cannot write {}", tmp.display()))?;
-        File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, dir.join(MANIFEST)).with_context(|| format!("cannot write {}", dir.join(MANIFEST).display()))
+        runner_recipe::fs::atomic_write_bytes(&dir.join(MANIFEST), &serde_json::to_vec_pretty(self)?)
     }
 }
 

@@ -41,7 +41,7 @@ impl RepoCache {
     }
 
     /// Records that `revision` resolved to `commit` (written atomically).
-    pub fn write_ref(&self, revision: &str, commit: &str) -> io::Result<()> {
+    pub fn write_ref(&self, revision: &str, commit: &str) -> anyhow::Result<()> {
         if revision == commit {
             return Ok(());
         }
@@ -50,9 +50,7 @@ impl RepoCache {
             return Ok(());
         }
         std::fs::create_dir_all(self.dir.join("refs"))?;
-        let tmp = path.with_file_name(format!("{revision}.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, commit)?;
-        std::fs::rename(&tmp, &path)
+        runner_recipe::fs::atomic_write_bytes(&path, commit.as_bytes())
     }
 
     pub fn snapshot(&self, commit: &str) -> PathBuf {

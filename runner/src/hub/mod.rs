@@ -2,10 +2,12 @@
 //! into and reused from the standard Hugging Face cache (`$HF_HOME/hub`), in
 //! the layout `huggingface_hub` uses, so both find each other's files.
 //!
-//! - [`uri`]: the `hf://` forms; [`env`]: the `HF_*` variables;
+//! - [`uri`]: the `hf://` forms (`runner_recipe::hf_uri`); [`env`]: the `HF_*` variables;
 //! - [`cache`]: the cache layout; [`select`]: which files a recipe needs;
-//! - [`download`]: HTTP (listing, `HEAD`, resumable `GET`, checksums);
-//! - [`sources`]: a resolved recipe's local model, tokenizer and corpus files.
+//! - [`download`]: HTTP (listing, `HEAD`, resumable `GET`, checksums).
+//!
+//! A resolved recipe's local model, tokenizer and corpus files are found by
+//! `recipe::sources`, which calls this module.
 //!
 //! Online, one listing request per repository says which commit a revision is
 //! at; only files missing from that commit's snapshot are downloaded. Offline
@@ -16,15 +18,15 @@ pub mod cache;
 pub mod download;
 pub mod env;
 pub mod select;
-pub mod sources;
-pub mod uri;
+
+/// The `hf://` forms, from the bottom layer.
+pub use runner_recipe::hf_uri as uri;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 pub use env::HubEnv;
-pub use sources::{sources, Sources};
 pub use uri::{as_hub, HubUri, RepoType};
 
 use crate::error::user_msg;
@@ -43,7 +45,8 @@ pub fn resolve_dataset(uri: &str) -> Result<Vec<PathBuf>> {
     Hub::from_env().dataset(&parse(uri, RepoType::Dataset)?)
 }
 
-fn parse(s: &str, kind: RepoType) -> Result<HubUri> {
+/// Parses an `hf://` address that must name a `kind` repository.
+pub fn parse(s: &str, kind: RepoType) -> Result<HubUri> {
     let uri = HubUri::parse(s).map_err(user_msg)?;
     kind_matches(&uri, kind).map_err(user_msg)?;
     Ok(uri)
@@ -171,7 +174,7 @@ impl Hub {
         };
         let repo = self.repo(uri);
         let wanted = Self::wanted(uri, &info.files).map_err(|m| user_msg(format!("{} at revision `{}` {m}", uri.repo_label(), uri.revision)))?;
-        repo.write_ref(&uri.revision, &info.sha).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", repo.dir.join("refs").display()))?;
+        repo.write_ref(&uri.revision, &info.sha).with_context(|| format!("cannot write {}", repo.dir.join("refs").display()))?;
         let mut out = Vec::new();
         for f in &wanted {
             let pointer = repo.pointer(&info.sha, f);

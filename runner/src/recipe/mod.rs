@@ -2,15 +2,19 @@
 //! (every value checked, every name found in the registry). The engine sees
 //! only the resolved [`Recipe`]; nothing downstream re-reads YAML.
 //!
-//! `parse.rs` (text and overrides) and `check.rs` (values) need neither the file
-//! system nor libtorch; `resolve.rs` adds the checks of files and components.
+//! The raw recipe, its parsing (text and `--set` overrides) and the checks of
+//! values alone are the `runner-recipe` crate, re-exported here as
+//! `recipe::{raw, parse, overrides, check}`: they need neither the file system
+//! nor libtorch. This module is the layer that joins them to the rest of the
+//! runner: `resolve.rs` adds the checks of files (`files.rs`, with the
+//! tokenizer), of `hf://` sources (the hub) and of components (the registry),
+//! and `sources.rs` fetches a resolved recipe's `hf://` inputs.
 
-pub mod check;
-pub mod overrides;
-pub mod parse;
-pub mod raw;
+pub use runner_recipe::{check, overrides, parse, raw};
+
 pub mod files;
 mod resolve;
+pub mod sources;
 
 use std::path::Path;
 
@@ -20,6 +24,7 @@ pub use check::{EvalSource, TrainLength, Warmup};
 pub use overrides::Override;
 pub use raw::RawRecipe;
 pub use resolve::{parse_device, resolve, Recipe};
+pub use sources::{sources, Sources};
 
 use crate::error::user_msg;
 

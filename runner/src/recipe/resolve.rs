@@ -36,7 +36,7 @@ pub struct Recipe {
     pub examples: ExampleMode,
     pub max_seq_len: usize,
     /// For an `hf://` checkpoint without `tokenizer.path`, `<hf://...>/tokenizer.json`
-    /// until `hub::sources` finds it in the downloaded snapshot.
+    /// until `recipe::sources` finds it in the downloaded snapshot.
     pub tokenizer: PathBuf,
     pub masking_rates: MaskingRates,
     pub length: TrainLength,

@@ -1,7 +1,8 @@
 //! Run outputs written with polars: the metrics table (`metrics.csv`,
 //! `metrics.parquet`) and the one-row summary (`summary.csv`, `summary.json`).
-//! Files are written to a temporary name and renamed, so a crash never leaves
-//! a half-written table behind. Reports over many runs: [`table`] and [`plot`].
+//! Files are written to a temporary name and renamed
+//! (`runner_recipe::fs::atomic_write`), so a crash never leaves a half-written
+//! table behind. Reports over many runs: [`table`] and [`plot`].
 
 pub mod plot;
 pub mod table;
@@ -9,8 +10,9 @@ pub mod table;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use polars::prelude::*;
+use runner_recipe::fs::atomic_write;
 use serde::{Deserialize, Serialize};
 
 /// One row of the metrics table: a train-log row, an eval row, or both.
@@ -102,17 +104,6 @@ pub fn write_tables(df: &mut DataFrame, dir: &Path, stem: &str) -> Result<()> {
         ParquetWriter::new(f).finish(df)?;
         Ok(())
     })
-}
-
-/// Writes through a temporary file in the same directory (its own name with a
-/// leading dot and `.tmp`, so two files never share one), then renames.
-pub fn atomic_write(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    write(&mut f).with_context(|| format!("cannot write {}", path.display()))?;
-    f.sync_all().ok();
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 /// The one-row summary of a finished run.

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use runner_recipe::fs::{atomic_write_bytes, atomic_write_with};
 
 use super::table::Runs;
 use crate::error::user_msg;
@@ -91,24 +92,19 @@ pub fn plot(runs: &Runs, dir: &Path) -> Result<Vec<PathBuf>> {
     ensure_font()?;
     let png = dir.join("report.png");
     let svg = dir.join("report.svg");
-    let png_tmp = dir.join("report.tmp.png");
-    {
-        let root = BitMapBackend::new(&png_tmp, (WIDTH, HEIGHT)).into_drawing_area();
+    // plotters picks the image format by the extension, which the temporary name keeps.
+    atomic_write_with(&png, |tmp| {
+        let root = BitMapBackend::new(tmp, (WIDTH, HEIGHT)).into_drawing_area();
         draw(runs, &root)?;
-        root.present().map_err(|e| anyhow!("cannot write {}: {e}", png.display()))?;
-    }
-    std::fs::rename(&png_tmp, &png).map_err(|e| anyhow!("cannot rename {}: {e}", png_tmp.display()))?;
+        root.present().map_err(|e| anyhow!("{e}"))
+    })?;
     let mut text = String::new();
     {
         let root = SVGBackend::with_string(&mut text, (WIDTH, HEIGHT)).into_drawing_area();
         draw(runs, &root)?;
         root.present().map_err(|e| anyhow!("cannot draw {}: {e}", svg.display()))?;
     }
-    super::atomic_write(&svg, |f| {
-        use std::io::Write;
-        f.write_all(text.as_bytes())?;
-        Ok(())
-    })?;
+    atomic_write_bytes(&svg, text.as_bytes())?;
     Ok(vec![png, svg])
 }
 

@@ -10,9 +10,21 @@ use anyhow::{Context, Result};
 use polars::prelude::*;
 use serde_yaml::Value;
 
-use super::{atomic_write, write_tables};
+use runner_recipe::fs::atomic_write;
+use runner_recipe::show::show_scalar;
+
+use super::write_tables;
 use crate::error::user_msg;
-use crate::sweep::grid::show;
+
+/// The manifest's file name in a sweep directory: written by `runner sweep`
+/// (the grid and the runs in order), read here for the swept keys.
+pub const SWEEP_MANIFEST: &str = "sweep.json";
+
+/// A value as written in a report and in a sweep's run names: scalars plainly,
+/// others as JSON.
+pub fn show(v: &Value) -> String {
+    show_scalar(v).unwrap_or_else(|| serde_json::to_string(v).unwrap_or_else(|_| format!("{v:?}")))
+}
 
 /// One run as read from disk.
 #[derive(Debug)]
@@ -63,7 +75,7 @@ pub fn collect(dir: &Path) -> Result<Runs> {
             dir.display()
         )));
     }
-    let manifest: Option<serde_json::Value> = std::fs::read_to_string(dir.join(crate::sweep::MANIFEST))
+    let manifest: Option<serde_json::Value> = std::fs::read_to_string(dir.join(SWEEP_MANIFEST))
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok());
     if let Some(order) = manifest.as_ref().and_then(|m| m["runs"].as_array()) {

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde_yaml::Value;
 
 use crate::recipe::Override;
+use crate::report::table::show;
 
 /// Where a grid key was given, for messages.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,16 +173,6 @@ fn labels(axes: &[Axis]) -> Vec<String> {
         .collect()
 }
 
-/// A value as written in a run name and a report: scalars plainly, others as flow YAML.
-pub fn show(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Null => "null".into(),
-        other => serde_json::to_string(other).unwrap_or_else(|_| format!("{other:?}")),
-    }
-}
 
 /// Keeps `[A-Za-z0-9-_.]`, replaces anything else by `_`.
 pub fn sanitise(s: &str) -> String {

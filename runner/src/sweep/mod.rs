@@ -274,14 +274,14 @@ fn write_manifest(plan: &Plan) -> Result<()> {
         "grid": grid,
         "runs": runs,
     });
-    crate::report::atomic_write(&plan.dir.join(MANIFEST), |f| {
+    runner_recipe::fs::atomic_write(&plan.dir.join(MANIFEST), |f| {
         serde_json::to_writer_pretty(&mut *f, &manifest)?;
         Ok(())
     })
 }
 
-/// The manifest's file name in a sweep directory.
-pub const MANIFEST: &str = "sweep.json";
+/// The manifest's file name in a sweep directory (`runner report` reads it too).
+pub use crate::report::table::SWEEP_MANIFEST as MANIFEST;
 
 #[cfg(test)]
 mod tests {

@@ -140,9 +140,8 @@ pub fn save(
         files.insert(name.to_string(), entry_of(&dir.join(name))?);
     }
     let manifest = serde_json::to_string_pretty(&Manifest { step, files })?;
-    let part = dir.join(format!(".{MANIFEST}.tmp"));
-    write_file(&part, manifest.as_bytes())?;
-    std::fs::rename(&part, dir.join(MANIFEST)).with_context(|| format!("cannot complete {}", dir.display()))?;
+    runner_recipe::fs::atomic_write_bytes(&dir.join(MANIFEST), manifest.as_bytes())
+        .with_context(|| format!("cannot complete {}", dir.display()))?;
     sync_dir(&dir)?;
 
     prune(&root, keep)?;

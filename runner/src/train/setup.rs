@@ -21,6 +21,7 @@ use super::trainer::{Settings, Trainer};
 use crate::data::examples::Examples;
 use crate::data::{cache, tokenizer, BatchMaker, EvalSet};
 use crate::error::user_msg;
+use crate::precision::ComputeKind;
 use crate::recipe::raw::Precision;
 use crate::recipe::{Recipe, TrainLength, Warmup};
 use crate::registry::Registry;
@@ -51,7 +52,7 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     }
     // hf:// models and datasets: fetched into the Hugging Face cache before anything is written
     // (by the first process; the others then find them there).
-    let sources = dist::first_then_others(collective.as_ref(), || crate::hub::sources(recipe))?;
+    let sources = dist::first_then_others(collective.as_ref(), || crate::recipe::sources(recipe))?;
     let threads = dist::threads_of(recipe.threads, &world);
     device::set_threads(threads);
     tch::manual_seed(recipe.raw.run.seed as i64);
@@ -72,7 +73,7 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
         }
     }
     if main {
-        crate::report::atomic_write(&recipe.run_dir.join("recipe.yaml"), |f| Ok(std::io::Write::write_all(f, recipe_yaml.as_bytes())?))?;
+        runner_recipe::fs::atomic_write_bytes(&recipe.run_dir.join("recipe.yaml"), recipe_yaml.as_bytes())?;
     }
 
     // Data: views over the token store, mapped from the token cache or built
@@ -264,7 +265,7 @@ fn resume_command(run_dir: &Path, world: &dist::World) -> String {
 /// the token cache when it holds it, else built there first.
 fn cached_examples(
     recipe: &Recipe,
-    sources: &crate::hub::Sources,
+    sources: &crate::recipe::Sources,
     registry: &Registry,
     tok: &tokenizers::Tokenizer,
     vocab: &runner_api::VocabInfo,

@@ -11,6 +11,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use signal_hook::SigId;
 
+/// A run stopped by a signal after writing a checkpoint; exits 128 + signal
+/// (defined with the exit codes, in `runner_recipe::error`).
+pub use crate::error::Interrupted;
+
 /// Signals caught during training, and the handlers catching them.
 pub struct StopRequests {
     requested: Arc<AtomicBool>,
@@ -52,15 +56,4 @@ impl Drop for StopRequests {
             let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::new(AtomicBool::new(true)));
         }
     }
-}
-
-/// A run stopped by a signal after writing a checkpoint; exits 128 + signal.
-#[derive(Debug, thiserror::Error)]
-#[error("stopped by {name} after step {step}; checkpoint written to {checkpoint}\nresume with: {command}")]
-pub struct Interrupted {
-    pub signal: i32,
-    pub name: &'static str,
-    pub step: u64,
-    pub checkpoint: String,
-    pub command: String,
 }

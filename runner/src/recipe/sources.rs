@@ -1,14 +1,15 @@
 //! Where a run reads its model, tokenizer and corpus from: the recipe's local
 //! paths as they are, and every `hf://` source fetched into the Hugging Face
 //! cache first. Called once at the start of a run, before anything is written.
+//! Here, not in `hub/`, so that the hub needs nothing from the recipe layer.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{as_hub, parse, Hub, RepoType};
+use super::{EvalSource, Recipe};
 use crate::error::user_msg;
-use crate::recipe::{EvalSource, Recipe};
+use crate::hub::{as_hub, parse, Hub, RepoType};
 
 /// A run's inputs, all local files.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! Error kinds that decide the exit code: a [`UserError`] (bad recipe, missing
-//! file, bad flag) exits with 2, anything else with 1.
+//! Error kinds that decide the exit code: an [`Interrupted`] run exits with
+//! 128 + its signal, a [`UserError`] (bad recipe, missing file, bad flag) with
+//! 2, anything else with 1.
 
 /// A mistake in what the user gave us. Its message names the file, key or line.
 #[derive(Debug, thiserror::Error)]
@@ -17,10 +18,23 @@ pub fn user_msg(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UserError(msg.into()))
 }
 
+/// A run stopped by a signal after writing a checkpoint; exits 128 + signal.
+/// Made by the training loop (`train/signals.rs` catches the signal); here so
+/// that the exit code needs nothing above this crate.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by {name} after step {step}; checkpoint written to {checkpoint}\nresume with: {command}")]
+pub struct Interrupted {
+    pub signal: i32,
+    pub name: &'static str,
+    pub step: u64,
+    pub checkpoint: String,
+    pub command: String,
+}
+
 /// Exit code for an error: 128 + the signal for a run stopped by one, 2 for
 /// user mistakes, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    if let Some(stopped) = err.downcast_ref::<crate::train::signals::Interrupted>() {
+    if let Some(stopped) = err.downcast_ref::<Interrupted>() {
         return (128 + stopped.signal) as u8;
     }
     if err.chain().any(|e| e.downcast_ref::<UserError>().is_some()) {

@@ -1,10 +1,11 @@
-//! `hf://` addresses in recipes: parsing and checking them, nothing else.
+//! `hf://` addresses in recipes: parsing and checking them, nothing else (the
+//! runner's `hub/` fetches what they name).
 //!
 //! - a model: `hf://org/name` or `hf://org/name@revision` (`hf://name` for the
 //!   few repositories without an owner);
 //! - a dataset: `hf://datasets/org/name[@revision]/path`, where `path` names a
 //!   parquet file, a folder of them, or a split: `wikitext-2-raw-v1/train` is
-//!   every `wikitext-2-raw-v1/train-*.parquet` (see [`super::select`]).
+//!   every `wikitext-2-raw-v1/train-*.parquet` (the runner's `hub/select.rs`).
 //!
 //! The revision is a branch, a tag or a commit hash (default `main`), as in
 //! `huggingface_hub`'s `HfFileSystem`.

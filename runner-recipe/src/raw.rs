@@ -1,9 +1,13 @@
 //! The recipe as written in YAML: serde types with `deny_unknown_fields` and
-//! defaults. Nothing here checks meaning; `resolve.rs` does that.
+//! defaults. Nothing here checks meaning; `check.rs` and the runner's
+//! `recipe/resolve.rs` do that.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+/// `training.precision` (its names and CPU features are in `precision.rs`).
+pub use crate::precision::Precision;
 
 /// A whole recipe file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,19 +201,6 @@ pub enum Schedule {
     Linear,
     Cosine,
     Constant,
-}
-
-/// Numeric precision of the forward and backward passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    Fp32,
-    /// bfloat16 matmuls with float32 master weights, LayerNorm and loss (autocast).
-    Bf16,
-    /// float16 matmuls (autocast) with float32 master weights and dynamic loss scaling.
-    Fp16,
-    /// bf16 where the device computes it natively, else fp32 (`crate::precision::choose`).
-    Auto,
 }
 
 /// `training:` optimizer, schedule, length and device.

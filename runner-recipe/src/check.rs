@@ -1,13 +1,14 @@
 //! The checks of a recipe that need nothing but the recipe: ranges, positive
-//! sizes, exclusive keys, the run name. `resolve.rs` runs them first, then the
-//! checks that look at files, the model's config and the plugins.
+//! sizes, exclusive keys, the run name. The runner's `recipe/resolve.rs` runs
+//! them first, then the checks that look at files, the model's config and the
+//! plugins.
 //!
 //! Nothing here touches the file system or libtorch: the recipe fuzz target
-//! (`fuzz/`) compiles this file as it is.
+//! (`fuzz/`) checks it as it is.
 
 use std::path::PathBuf;
 
-use super::raw::RawRecipe;
+use crate::raw::RawRecipe;
 
 /// Where eval text comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,7 +188,7 @@ mod tests {
     fn problems(overrides: &[&str]) -> Vec<String> {
         let text = "run: {name: a}\ndata: {train: c.txt}\nmodel: {checkpoint: m}\n";
         let sets: Vec<_> = overrides.iter().map(|s| s.parse().unwrap()).collect();
-        let raw = super::super::parse::parse(text, "r.yaml", &sets).unwrap();
+        let raw = crate::parse::parse(text, "r.yaml", &sets).unwrap();
         let mut p = Problems::default();
         values(&raw, &mut p);
         p.0

@@ -4,14 +4,15 @@
 //! An unknown key or value gets the closest known one as a suggestion.
 //!
 //! Nothing here touches the file system or libtorch: the recipe fuzz target
-//! (`fuzz/`) compiles this file as it is.
+//! (`fuzz/`) checks it as it is.
 
 use anyhow::Result;
 use serde_yaml::Value;
 
-use super::overrides::{self, Override};
-use super::raw::RawRecipe;
 use crate::error::user_msg;
+use crate::overrides::{self, Override};
+use crate::raw::RawRecipe;
+use crate::show::show_scalar;
 
 /// Parses a recipe's text; `shown` names it in messages (the file's path).
 pub fn parse(text: &str, shown: &str, overrides: &[Override]) -> Result<RawRecipe> {
@@ -68,22 +69,13 @@ fn complex_key(v: &Value, at: &str) -> Option<(String, &'static str)> {
             let here = if at.is_empty() { "(top level)".to_string() } else { at.to_string() };
             match kind {
                 Some(kind) => Some((here, kind)),
-                None => complex_key(v, &child(&scalar_text(k))),
+                // Only scalars are left here.
+                None => complex_key(v, &child(&show_scalar(k).unwrap_or_default())),
             }
         }),
         Value::Sequence(s) => s.iter().enumerate().find_map(|(i, v)| complex_key(v, &child(&i.to_string()))),
         Value::Tagged(t) => complex_key(&t.value, at),
         _ => None,
-    }
-}
-
-/// A scalar key as the dotted paths in messages show it.
-fn scalar_text(k: &Value) -> String {
-    match k {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        _ => "null".to_string(),
     }
 }
 
