@@ -9,16 +9,12 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::wrap::{Hook, Wrapped};
-use crate::{
-    Component, ComponentKind, Dataset, Document, Documents, Factory, MaskedSequence, Masker, MaskingRates, Metric,
-    MlmModel, ModelSource, Options, ParamDoc, RngCore, VocabInfo,
-};
+use crate::wrap::{Hook, Stream};
+use crate::{Component, ComponentKind, Options, ParamDoc};
 
 /// Which component a call belongs to, for error messages.
 #[derive(Debug, Clone)]
@@ -47,73 +43,44 @@ pub fn guard<T>(who: &Who, call: &str, f: impl FnOnce() -> Result<T>) -> Result<
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(panicked(who, call, payload)))
 }
 
-struct GuardedDataset {
-    inner: Box<dyn Dataset>,
-    who: Who,
-}
-
-impl Dataset for GuardedDataset {
-    fn read<'a>(&'a self, path: &Path) -> Result<Documents<'a>> {
-        let inner = guard(&self.who, "read", || self.inner.read(path))?;
-        Ok(Box::new(GuardedDocuments { inner, who: &self.who, done: false }))
-    }
-}
-
-/// A plugin's document stream: each `next` runs under the guard; after a
-/// panic the stream ends.
-struct GuardedDocuments<'a> {
-    inner: Documents<'a>,
+/// A plugin's stream: each `next` runs under the guard; after a panic the
+/// stream ends.
+struct GuardedStream<'a, T> {
+    inner: Stream<'a, T>,
     who: &'a Who,
+    call: &'static str,
     done: bool,
 }
 
-impl Iterator for GuardedDocuments<'_> {
-    type Item = Result<Document>;
-    fn next(&mut self) -> Option<Result<Document>> {
+impl<T> Iterator for GuardedStream<'_, T> {
+    type Item = Result<T>;
+    fn next(&mut self) -> Option<Result<T>> {
         if self.done {
             return None;
         }
         catch_unwind(AssertUnwindSafe(|| self.inner.next())).unwrap_or_else(|payload| {
             self.done = true;
-            Some(Err(panicked(self.who, "read: next document", payload)))
+            Some(Err(panicked(self.who, &format!("{}: next item", self.call), payload)))
         })
     }
 }
 
-struct GuardedMasker {
-    inner: Box<dyn Masker>,
-    who: Who,
-}
-
-impl Masker for GuardedMasker {
-    fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence> {
-        guard(&self.who, "mask", || self.inner.mask(ids, rng))
-    }
-}
-
-/// The plugin-side hook: every call into a model or metric runs in [`guard`].
+/// The plugin-side hook: every call into a component, and every item of a
+/// stream it returns, runs in [`guard`].
 pub struct GuardHook(pub Who);
 
 impl Hook for GuardHook {
     fn call<T>(&self, method: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         guard(&self.0, method, f)
     }
+
+    fn stream<'a, T: 'a>(&'a self, method: &'static str, items: Stream<'a, T>) -> Stream<'a, T> {
+        Box::new(GuardedStream { inner: items, who: &self.0, call: method, done: false })
+    }
 }
 
-pub type BuildDataset = Arc<dyn Fn(&Options) -> Result<Box<dyn Dataset>> + Send + Sync>;
-pub type BuildMasker = Arc<dyn Fn(&Options, MaskingRates, &VocabInfo) -> Result<Box<dyn Masker>> + Send + Sync>;
-pub type BuildModel = Arc<dyn Fn(&ModelSource) -> Result<Box<dyn MlmModel>> + Send + Sync>;
-pub type BuildMetric = Arc<dyn Fn(&Options) -> Result<Box<dyn Metric>> + Send + Sync>;
 pub type Check = Arc<dyn Fn(&Options) -> Result<()> + Send + Sync>;
-
-/// A guarded factory, by kind.
-#[derive(Clone)]
-pub enum Builder {
-    Dataset(BuildDataset),
-    Masker(BuildMasker),
-    Model(BuildModel),
-    Metric(BuildMetric),
-}
+pub use crate::builder::Builder;
 
 /// A component as the registry keeps it: its docs, and guarded calls.
 #[derive(Clone)]
@@ -140,25 +107,7 @@ impl Registered {
         let check_fn = c.check;
         let w = who.clone();
         let check: Check = Arc::new(move |o: &Options| guard(&w, "check", || check_fn(o)));
-        let w = who.clone();
-        let builder = match c.factory {
-            Factory::Dataset(f) => Builder::Dataset(Arc::new(move |o: &Options| {
-                let inner = guard(&w, "build", || f(o))?;
-                Ok(Box::new(GuardedDataset { inner, who: w.clone() }) as Box<dyn Dataset>)
-            })),
-            Factory::Masker(f) => Builder::Masker(Arc::new(move |o: &Options, r: MaskingRates, v: &VocabInfo| {
-                let inner = guard(&w, "build", || f(o, r, v))?;
-                Ok(Box::new(GuardedMasker { inner, who: w.clone() }) as Box<dyn Masker>)
-            })),
-            Factory::Model(f) => Builder::Model(Arc::new(move |s: &ModelSource| {
-                let inner = guard(&w, "build", || f(s))?;
-                Ok(Box::new(Wrapped { inner, hook: GuardHook(w.clone()) }) as Box<dyn MlmModel>)
-            })),
-            Factory::Metric(f) => Builder::Metric(Arc::new(move |o: &Options| {
-                let inner = guard(&w, "build", || f(o))?;
-                Ok(Box::new(Wrapped { inner, hook: GuardHook(w.clone()) }) as Box<dyn Metric>)
-            })),
-        };
+        let builder = c.factory.guarded(who.clone());
         Registered { plugin: who.plugin, kind: who.kind, name: c.name, doc: c.doc, params: c.params, check, builder }
     }
 }
@@ -166,6 +115,8 @@ impl Registered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Dataset, Document, Documents, Factory};
+    use std::path::Path;
 
     fn panicking_dataset(_: &Options) -> Result<Box<dyn Dataset>> {
         panic!("corpus on fire")
@@ -192,7 +143,7 @@ mod tests {
         std::panic::set_hook(prev);
         assert_eq!(items.len(), 2, "one document, then the error, then the end");
         let err = items[1].as_ref().err().expect("the panic is an error").to_string();
-        assert!(err.contains("plugin `demo` failed in dataset `stream` (read: next document) with a panic: document 1 on fire"), "{err}");
+        assert!(err.contains("plugin `demo` failed in dataset `stream` (read: next item) with a panic: document 1 on fire"), "{err}");
     }
 
     #[test]

@@ -33,26 +33,6 @@ pub use tch;
 /// Label value for positions that carry no loss (the PyTorch/transformers convention).
 pub const IGNORE_INDEX: i64 = -100;
 
-/// The four kinds of components a recipe composes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ComponentKind {
-    Dataset,
-    Masker,
-    Model,
-    Metric,
-}
-
-impl ComponentKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ComponentKind::Dataset => "dataset",
-            ComponentKind::Masker => "masking",
-            ComponentKind::Model => "model",
-            ComponentKind::Metric => "metric",
-        }
-    }
-}
-
 impl std::fmt::Display for ComponentKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -95,16 +75,18 @@ pub fn parse_options<T: DeserializeOwned>(options: &Options) -> Result<T> {
 pub type Document = Vec<String>;
 
 /// Documents one at a time, in a stable order. An `Err` item ends the stream.
-pub type Documents<'a> = Box<dyn Iterator<Item = Result<Document>> + Send + 'a>;
+pub type Documents<'a> = wrap::Stream<'a, Document>;
 
-/// Streams a corpus from a path as documents.
-pub trait Dataset: Send + Sync {
-    /// Every document under `path` (a file or a directory, as the dataset
-    /// defines), in a stable order. Corpora may be larger than memory: the
-    /// iterator should hold no more than it needs for its next document (a
-    /// line, a file, a parquet row group), never the whole corpus. Problems
-    /// found before reading (no such path) are the outer `Err`.
-    fn read<'a>(&'a self, path: &Path) -> Result<Documents<'a>>;
+crate::contract! {
+    /// Streams a corpus from a path as documents.
+    pub trait Dataset: Send + Sync {
+        /// Every document under `path` (a file or a directory, as the dataset
+        /// defines), in a stable order. Corpora may be larger than memory: the
+        /// iterator should hold no more than it needs for its next document (a
+        /// line, a file, a parquet row group), never the whole corpus. Problems
+        /// found before reading (no such path) are the outer `Err`.
+        fn read(&self, path: &Path) -> Result<Documents<'_>> as stream;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -152,11 +134,13 @@ pub struct MaskedSequence {
     pub labels: Vec<i64>,
 }
 
-/// Chooses which tokens of a sequence the model must predict and corrupts them.
-pub trait Masker: Send + Sync {
-    /// Masks one sequence. `ids` holds real tokens only (no padding); special
-    /// tokens must never be chosen. All randomness comes from `rng`.
-    fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence>;
+crate::contract! {
+    /// Chooses which tokens of a sequence the model must predict and corrupts them.
+    pub trait Masker: Send + Sync {
+        /// Masks one sequence. `ids` holds real tokens only (no padding); special
+        /// tokens must never be chosen. All randomness comes from `rng`.
+        fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence>;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -319,29 +303,73 @@ crate::contract! {
 // Registrar
 // ---------------------------------------------------------------------------
 
-pub type DatasetFactory = fn(&Options) -> Result<Box<dyn Dataset>>;
-pub type MaskerFactory = fn(&Options, MaskingRates, &VocabInfo) -> Result<Box<dyn Masker>>;
-pub type ModelFactory = fn(&ModelSource) -> Result<Box<dyn MlmModel>>;
-pub type MetricFactory = fn(&Options) -> Result<Box<dyn Metric>>;
+/// The four kinds of components a recipe composes, listed once: each kind's
+/// name in recipes and messages, its contract, and its factory's arguments.
+/// From this list come [`ComponentKind`], the plugins' [`Factory`] (plain
+/// functions), and the registry's [`guard::Builder`] (the same factories with
+/// every call into what they build guarded, see [`Factory::guarded`]).
+macro_rules! component_kinds {
+    ($($(#[$doc:meta])* $Kind:ident = $label:literal: fn($($arg:ident: $ty:ty),*) -> $Trait:ident;)*) => {
+        /// The kinds of components a recipe composes.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum ComponentKind {
+            $($(#[$doc])* $Kind,)*
+        }
 
-/// A component's factory, by kind: plain functions, as plugins write them.
-#[derive(Clone, Copy)]
-pub enum Factory {
-    Dataset(DatasetFactory),
-    Masker(MaskerFactory),
-    Model(ModelFactory),
-    Metric(MetricFactory),
+        impl ComponentKind {
+            pub const ALL: &'static [ComponentKind] = &[$(ComponentKind::$Kind),*];
+
+            /// The kind's name in recipes and messages.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ComponentKind::$Kind => $label,)*
+                }
+            }
+        }
+
+        /// A component's factory, by kind: plain functions, as plugins write them.
+        #[derive(Clone, Copy)]
+        pub enum Factory {
+            $($Kind(fn($($ty),*) -> Result<Box<dyn $Trait>>),)*
+        }
+
+        impl Factory {
+            pub fn kind(&self) -> ComponentKind {
+                match self {
+                    $(Factory::$Kind(_) => ComponentKind::$Kind,)*
+                }
+            }
+
+            /// The factory with its call, and every call into what it builds,
+            /// run in [`guard::guard`] for `who`. Runs inside the plugin.
+            pub fn guarded(self, who: guard::Who) -> guard::Builder {
+                match self {
+                    $(Factory::$Kind(f) => guard::Builder::$Kind(std::sync::Arc::new(move |$($arg: $ty),*| {
+                        let inner = guard::guard(&who, "build", || f($($arg),*))?;
+                        Ok(Box::new(wrap::Wrapped { inner, hook: guard::GuardHook(who.clone()) }) as Box<dyn $Trait>)
+                    })),)*
+                }
+            }
+        }
+
+        pub mod builder {
+            //! [`Builder`]: a guarded factory, by kind, as the registry keeps it.
+            use super::*;
+
+            /// A guarded factory, by kind (see [`Factory::guarded`]).
+            #[derive(Clone)]
+            pub enum Builder {
+                $($Kind(std::sync::Arc<dyn Fn($($ty),*) -> Result<Box<dyn $Trait>> + Send + Sync>),)*
+            }
+        }
+    };
 }
 
-impl Factory {
-    pub fn kind(&self) -> ComponentKind {
-        match self {
-            Factory::Dataset(_) => ComponentKind::Dataset,
-            Factory::Masker(_) => ComponentKind::Masker,
-            Factory::Model(_) => ComponentKind::Model,
-            Factory::Metric(_) => ComponentKind::Metric,
-        }
-    }
+component_kinds! {
+    Dataset = "dataset": fn(options: &Options) -> Dataset;
+    Masker = "masking": fn(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Masker;
+    Model = "model": fn(source: &ModelSource) -> MlmModel;
+    Metric = "metric": fn(options: &Options) -> Metric;
 }
 
 /// One component a plugin offers.

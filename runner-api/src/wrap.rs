@@ -7,13 +7,25 @@
 //! from a list of methods and, from the same list, implements the trait for
 //! `Wrapped<dyn Trait, H>`: a method added to the contract is forwarded by both
 //! wrappers with no other edit, and [`Methods::METHODS`] names every method,
-//! so a test can check that each one reaches the hook.
+//! so a test can check that each one reaches the hook. All four component
+//! contracts (`Dataset`, `Masker`, `MlmModel`, `Metric`) are declared this way.
 
 use anyhow::Result;
+
+/// Results one at a time, as a method declared `as stream` returns them (a
+/// dataset's documents). An `Err` item ends the stream.
+pub type Stream<'a, T> = Box<dyn Iterator<Item = Result<T>> + Send + 'a>;
 
 /// What a wrapper does around each call into the wrapped component.
 pub trait Hook: Send {
     fn call<T>(&self, method: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T>;
+
+    /// Around the items of a stream that `method` returned: each `next` is a
+    /// call into the component too. The default passes them through.
+    fn stream<'a, T: 'a>(&'a self, method: &'static str, items: Stream<'a, T>) -> Stream<'a, T> {
+        let _ = method;
+        items
+    }
 }
 
 /// A component and the hook around its calls. Field order matters: the
@@ -28,25 +40,38 @@ pub trait Methods {
     const METHODS: &'static [&'static str];
 }
 
-/// Declares `pub trait $Trait: Send { ... }` and its forwarding through
+/// Declares `pub trait $Trait: Bounds { ... }` and its forwarding through
 /// [`Wrapped`]. Methods take `&self` or `&mut self`, return `Result<_>`, and
-/// may have a default body written `= { ... };`.
+/// may have a default body written `= { ... };`. A `&self` method that returns
+/// `Result<Stream<'_, T>>` (or an alias of it) is written `... -> Result<...> as stream;`
+/// so that each item also goes through the hook ([`Hook::stream`]).
 #[macro_export]
 macro_rules! contract {
-    ($(#[$doc:meta])* pub trait $Trait:ident: Send { $($body:tt)* }) => {
-        $crate::contract!(@munch $Trait [$(#[$doc])*] [] [] [] $($body)*);
+    ($(#[$doc:meta])* pub trait $Trait:ident: $b0:ident $(+ $bn:ident)* { $($body:tt)* }) => {
+        $crate::contract!(@munch $Trait [$(#[$doc])*] [$b0 $(+ $bn)*] [] [] [] $($body)*);
     };
-    (@munch $Trait:ident [$($doc:tt)*] [$($decl:tt)*] [$($fwd:tt)*] [$($names:tt)*]) => {
+    (@munch $Trait:ident [$($doc:tt)*] [$($bounds:tt)*] [$($decl:tt)*] [$($fwd:tt)*] [$($names:tt)*]) => {
         $($doc)*
-        pub trait $Trait: Send { $($decl)* }
-        impl<H: $crate::wrap::Hook> $Trait for $crate::wrap::Wrapped<dyn $Trait, H> { $($fwd)* }
+        pub trait $Trait: $($bounds)* { $($decl)* }
+        impl<H: $crate::wrap::Hook> $Trait for $crate::wrap::Wrapped<dyn $Trait, H> where Self: $($bounds)* { $($fwd)* }
         impl $crate::wrap::Methods for dyn $Trait {
             const METHODS: &'static [&'static str] = &[$($names)*];
         }
     };
-    (@munch $Trait:ident [$($doc:tt)*] [$($decl:tt)*] [$($fwd:tt)*] [$($names:tt)*]
+    (@munch $Trait:ident [$($doc:tt)*] [$($bounds:tt)*] [$($decl:tt)*] [$($fwd:tt)*] [$($names:tt)*]
+        $(#[$m:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty as stream; $($rest:tt)*) => {
+        $crate::contract!(@munch $Trait [$($doc)*] [$($bounds)*]
+            [$($decl)* $(#[$m])* fn $name(&self $(, $arg: $ty)*) -> $ret;]
+            [$($fwd)* fn $name(&self $(, $arg: $ty)*) -> $ret {
+                let items = self.hook.call(stringify!($name), || self.inner.$name($($arg),*))?;
+                Ok(self.hook.stream(stringify!($name), items))
+            }]
+            [$($names)* stringify!($name),]
+            $($rest)*);
+    };
+    (@munch $Trait:ident [$($doc:tt)*] [$($bounds:tt)*] [$($decl:tt)*] [$($fwd:tt)*] [$($names:tt)*]
         $(#[$m:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty; $($rest:tt)*) => {
-        $crate::contract!(@munch $Trait [$($doc)*]
+        $crate::contract!(@munch $Trait [$($doc)*] [$($bounds)*]
             [$($decl)* $(#[$m])* fn $name(&self $(, $arg: $ty)*) -> $ret;]
             [$($fwd)* fn $name(&self $(, $arg: $ty)*) -> $ret {
                 self.hook.call(stringify!($name), || self.inner.$name($($arg),*))
@@ -54,9 +79,9 @@ macro_rules! contract {
             [$($names)* stringify!($name),]
             $($rest)*);
     };
-    (@munch $Trait:ident [$($doc:tt)*] [$($decl:tt)*] [$($fwd:tt)*] [$($names:tt)*]
+    (@munch $Trait:ident [$($doc:tt)*] [$($bounds:tt)*] [$($decl:tt)*] [$($fwd:tt)*] [$($names:tt)*]
         $(#[$m:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty = $default:block; $($rest:tt)*) => {
-        $crate::contract!(@munch $Trait [$($doc)*]
+        $crate::contract!(@munch $Trait [$($doc)*] [$($bounds)*]
             [$($decl)* $(#[$m])* fn $name(&self $(, $arg: $ty)*) -> $ret $default]
             [$($fwd)* fn $name(&self $(, $arg: $ty)*) -> $ret {
                 self.hook.call(stringify!($name), || self.inner.$name($($arg),*))
@@ -64,9 +89,9 @@ macro_rules! contract {
             [$($names)* stringify!($name),]
             $($rest)*);
     };
-    (@munch $Trait:ident [$($doc:tt)*] [$($decl:tt)*] [$($fwd:tt)*] [$($names:tt)*]
+    (@munch $Trait:ident [$($doc:tt)*] [$($bounds:tt)*] [$($decl:tt)*] [$($fwd:tt)*] [$($names:tt)*]
         $(#[$m:meta])* fn $name:ident(&mut self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty; $($rest:tt)*) => {
-        $crate::contract!(@munch $Trait [$($doc)*]
+        $crate::contract!(@munch $Trait [$($doc)*] [$($bounds)*]
             [$($decl)* $(#[$m])* fn $name(&mut self $(, $arg: $ty)*) -> $ret;]
             [$($fwd)* fn $name(&mut self $(, $arg: $ty)*) -> $ret {
                 let inner = &mut self.inner;
@@ -75,9 +100,9 @@ macro_rules! contract {
             [$($names)* stringify!($name),]
             $($rest)*);
     };
-    (@munch $Trait:ident [$($doc:tt)*] [$($decl:tt)*] [$($fwd:tt)*] [$($names:tt)*]
+    (@munch $Trait:ident [$($doc:tt)*] [$($bounds:tt)*] [$($decl:tt)*] [$($fwd:tt)*] [$($names:tt)*]
         $(#[$m:meta])* fn $name:ident(&mut self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty = $default:block; $($rest:tt)*) => {
-        $crate::contract!(@munch $Trait [$($doc)*]
+        $crate::contract!(@munch $Trait [$($doc)*] [$($bounds)*]
             [$($decl)* $(#[$m])* fn $name(&mut self $(, $arg: $ty)*) -> $ret $default]
             [$($fwd)* fn $name(&mut self $(, $arg: $ty)*) -> $ret {
                 let inner = &mut self.inner;
@@ -98,7 +123,10 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     use super::{Hook, Methods, Wrapped};
-    use crate::{Metric, MlmBatch, MlmModel, MlmOutput, Mode, ModelInfo, Parameter, Tokenize, VocabInfo};
+    use crate::{
+        Dataset, Document, Documents, MaskedSequence, Masker, Metric, MlmBatch, MlmModel, MlmOutput, Mode, ModelInfo, Parameter, RngCore,
+        Tokenize, VocabInfo,
+    };
 
     /// Records which methods passed through it.
     #[derive(Clone, Default)]
@@ -235,6 +263,57 @@ mod tests {
         let mut all: Vec<&str> = <dyn Metric as Methods>::METHODS.to_vec();
         all.sort();
         assert_eq!(seen, all, "a method of Metric was not called here or not forwarded");
+    }
+
+    /// Passes one dataset through a wrapper whose hook counts stream items too.
+    struct Lines;
+
+    impl Dataset for Lines {
+        fn read(&self, _: &Path) -> Result<Documents<'_>> {
+            Ok(Box::new((0..3).map(|i| Ok(vec![format!("line {i}")]))))
+        }
+    }
+
+    /// Records calls and tags every streamed item's first line with the method.
+    #[derive(Clone, Default)]
+    struct StreamRecorder(Recorder);
+
+    impl Hook for StreamRecorder {
+        fn call<T>(&self, method: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+            self.0.call(method, f)
+        }
+        fn stream<'a, T: 'a>(&'a self, method: &'static str, items: super::Stream<'a, T>) -> super::Stream<'a, T> {
+            let seen = self.0 .0.clone();
+            Box::new(items.inspect(move |_| {
+                seen.lock().unwrap().insert(if method == "read" { "read: item" } else { "other" });
+            }))
+        }
+    }
+
+    #[test]
+    fn every_dataset_and_masker_method_is_forwarded_stream_items_included() {
+        let hook = StreamRecorder::default();
+        let d: Box<dyn Dataset> = Box::new(Wrapped { inner: Box::new(Lines) as Box<dyn Dataset>, hook: hook.clone() });
+        let docs: Vec<Document> = d.read(Path::new("x")).unwrap().collect::<Result<_>>().unwrap();
+        assert_eq!(docs.len(), 3);
+        let seen: Vec<&str> = hook.0 .0.lock().unwrap().iter().copied().collect();
+        assert_eq!(seen, ["read", "read: item"], "the call and its items reach the hook");
+        assert_eq!(<dyn Dataset as Methods>::METHODS, ["read"]);
+
+        struct Identity;
+        impl Masker for Identity {
+            fn mask(&self, ids: &[i64], _: &mut dyn RngCore) -> Result<MaskedSequence> {
+                Ok(MaskedSequence { input_ids: ids.to_vec(), labels: vec![crate::IGNORE_INDEX; ids.len()] })
+            }
+        }
+        let hook = Recorder::default();
+        let m: std::sync::Arc<dyn Masker> = std::sync::Arc::new(Wrapped { inner: Box::new(Identity) as Box<dyn Masker>, hook: hook.clone() });
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+        assert_eq!(m.mask(&[5, 6], &mut rng).unwrap().input_ids, [5, 6]);
+        let seen: Vec<&str> = hook.0.lock().unwrap().iter().copied().collect();
+        let mut all: Vec<&str> = <dyn Masker as Methods>::METHODS.to_vec();
+        all.sort();
+        assert_eq!(seen, all, "a method of Masker was not called here or not forwarded");
     }
 
     /// `prepare` reaches the metric itself through a wrapper, tokenizer included;

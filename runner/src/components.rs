@@ -3,56 +3,32 @@
 //!
 //! Every component is returned wrapped, keeping its plugin library loaded for
 //! as long as the component lives and turning the plugin's errors into errors
-//! owned by the runner (so they can outlive the library): datasets and maskers
-//! in [`Bound`], models and metrics in a [`Wrapped`] with the [`LibraryHook`],
-//! whose forwarding `runner_api::contract!` writes from the trait itself.
+//! owned by the runner (so they can outlive the library): a [`Wrapped`] with
+//! the [`LibraryHook`], whose forwarding `runner_api::contract!` writes from
+//! the trait itself, for all four kinds.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
 use libloading::Library;
 
 use runner_api::guard::Builder;
-use runner_api::wrap::{Hook, Wrapped};
-use runner_api::{
-    ComponentKind, Dataset, Documents, MaskedSequence, Masker, MaskingRates, Metric, MlmModel, ModelSource, Options,
-    RngCore, Tokenize, VocabInfo,
-};
+use runner_api::wrap::{Hook, Stream, Wrapped};
+use runner_api::{ComponentKind, Dataset, Masker, MaskingRates, Metric, MlmModel, ModelSource, Options, Tokenize, VocabInfo};
 
 use crate::error::user_msg;
 use crate::recipe::raw::MetricEntry;
 use crate::registry::{Entry, Registry};
-
-/// A component and the library it came from. Field order matters: the
-/// component is dropped before the library.
-pub struct Bound<T: ?Sized> {
-    inner: Box<T>,
-    _library: Option<Arc<Library>>,
-}
 
 /// Re-creates a plugin's error as a runner-owned one.
 fn rehome(e: anyhow::Error) -> anyhow::Error {
     anyhow::anyhow!("{e:#}")
 }
 
-impl Dataset for Bound<dyn Dataset> {
-    /// The stream borrows `self`, so the library outlives it too.
-    fn read<'a>(&'a self, path: &Path) -> Result<Documents<'a>> {
-        let docs = self.inner.read(path).map_err(rehome)?;
-        Ok(Box::new(docs.map(|d| d.map_err(rehome))))
-    }
-}
-
-impl Masker for Bound<dyn Masker> {
-    fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence> {
-        self.inner.mask(ids, rng).map_err(rehome)
-    }
-}
-
-/// The runner-side hook around model and metric calls: keeps the plugin
-/// library loaded while the component lives, and re-creates its errors.
+/// The runner-side hook around every component call: keeps the plugin
+/// library loaded while the component lives (and while a stream it returned
+/// is read), and re-creates its errors.
 pub struct LibraryHook {
     _library: Option<Arc<Library>>,
 }
@@ -60,6 +36,10 @@ pub struct LibraryHook {
 impl Hook for LibraryHook {
     fn call<T>(&self, _method: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         f().map_err(rehome)
+    }
+
+    fn stream<'a, T: 'a>(&'a self, _method: &'static str, items: Stream<'a, T>) -> Stream<'a, T> {
+        Box::new(items.map(|item| item.map_err(rehome)))
     }
 }
 
@@ -71,15 +51,11 @@ fn entry<'r>(registry: &'r Registry, kind: ComponentKind, name: &str, key: &str)
     registry.get(kind, name).map_err(|e| user_msg(format!("{key}: {e}")))
 }
 
-fn bound<T: ?Sized>(inner: Box<T>, e: &Entry) -> Bound<T> {
-    Bound { inner, _library: e.library.clone() }
-}
-
 pub fn dataset(registry: &Registry, name: &str, options: &Options) -> Result<Box<dyn Dataset>> {
     let e = entry(registry, ComponentKind::Dataset, name, "data.dataset")?;
     let Builder::Dataset(build) = &e.component.builder else { unreachable!("looked up by kind") };
     let inner = build(options).map_err(|err| user_msg(format!("data.options: {err:#}")))?;
-    Ok(Box::new(bound(inner, e)))
+    Ok(Box::new(wrapped(inner, e)))
 }
 
 pub fn masker(
@@ -92,7 +68,7 @@ pub fn masker(
     let e = entry(registry, ComponentKind::Masker, name, "masking.strategy")?;
     let Builder::Masker(build) = &e.component.builder else { unreachable!("looked up by kind") };
     let inner = build(options, rates, vocab).map_err(|err| user_msg(format!("masking: {err:#}")))?;
-    Ok(Arc::new(bound(inner, e)))
+    Ok(Arc::new(wrapped(inner, e)))
 }
 
 /// Builds the model. Failures here are the user's to fix (a bad checkpoint or
