@@ -251,6 +251,38 @@ pub struct ModelSource<'a> {
 // Metrics
 // ---------------------------------------------------------------------------
 
+/// What a metric's column means to summaries and reports. The runner knows
+/// metrics by these declarations, never by their column names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ColumnSpec {
+    pub name: String,
+    /// Higher values are better (an accuracy); otherwise lower (a loss).
+    pub higher_is_better: bool,
+    pub role: ColumnRole,
+}
+
+/// See [`ColumnSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnRole {
+    /// The held-out masked-LM loss: a summary's initial, final and best eval loss.
+    Loss,
+    /// A headline figure (perplexity, accuracy): its final value in summaries,
+    /// its best and final values in reports.
+    Headline,
+    /// A downstream task's score (a probe's accuracy): reports rank runs by it,
+    /// and by the first lower-is-better headline figure beside it.
+    Task,
+    /// In the metrics table only.
+    Detail,
+}
+
+impl ColumnSpec {
+    pub fn new(name: impl Into<String>, role: ColumnRole, higher_is_better: bool) -> Self {
+        ColumnSpec { name: name.into(), higher_is_better, role }
+    }
+}
+
 /// The run's tokenizer, as the runner hands it to metrics.
 pub trait Tokenize {
     /// The token ids of `text`, without special tokens and untruncated.
@@ -273,6 +305,10 @@ crate::contract! {
         fn update(&mut self, out: &MlmOutput) -> Result<()>;
         /// Named values, e.g. `{"eval_loss": 2.1}`.
         fn compute(&self) -> Result<BTreeMap<String, f64>>;
+        /// What each column [`compute`](Metric::compute) reports means to
+        /// summaries and reports. Undeclared columns (the default declares
+        /// none) are details, lower is better.
+        fn columns(&self) -> Result<Vec<ColumnSpec>> = { Ok(Vec::new()) };
         /// Scores that need the model itself rather than one forward pass over
         /// the eval batches (e.g. pseudo-perplexity). Called once per eval, after
         /// the batches, with the eval sequences (unmasked, no padding).

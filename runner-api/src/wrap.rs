@@ -254,6 +254,7 @@ mod tests {
         w.reset().unwrap();
         w.update(&out).unwrap();
         assert_eq!(w.compute().unwrap()["count"], 1.0);
+        assert_eq!(w.columns().unwrap(), []);
         let vocab = empty_vocab();
         w.update_with_model(&Model, &[], &vocab).unwrap();
         w.prepare(&Bytes, &vocab, 8).unwrap();

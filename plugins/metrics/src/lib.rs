@@ -24,7 +24,7 @@ use anyhow::Result;
 use serde::Deserialize;
 use tch::{Kind, Reduction, Tensor};
 
-use runner_api::{
+use runner_api::{ColumnRole, ColumnSpec, 
     no_options, parse_options, Component, Factory, Metric, MlmModel, MlmOutput, Options, ParamDoc, Registrar, VocabInfo,
     IGNORE_INDEX,
 };
@@ -94,6 +94,13 @@ impl Metric for LossMetric {
             BTreeMap::from([("eval_loss".to_string(), mean)])
         })
     }
+    fn columns(&self) -> Result<Vec<ColumnSpec>> {
+        Ok(vec![if self.exponentiate {
+            ColumnSpec::new("perplexity", ColumnRole::Headline, false)
+        } else {
+            ColumnSpec::new("eval_loss", ColumnRole::Loss, false)
+        }])
+    }
 }
 
 /// Share of masked tokens whose label is among the model's top `k` predictions.
@@ -133,6 +140,10 @@ impl Metric for TopKAccuracy {
         let name = if self.k == 1 { "accuracy".to_string() } else { format!("top{}_accuracy", self.k) };
         let v = if self.tokens == 0 { f64::NAN } else { self.hits as f64 / self.tokens as f64 };
         Ok(BTreeMap::from([(name, v)]))
+    }
+    fn columns(&self) -> Result<Vec<ColumnSpec>> {
+        let role = if self.k == 1 { ColumnRole::Headline } else { ColumnRole::Detail };
+        Ok(self.compute()?.into_keys().map(|name| ColumnSpec::new(name, role, true)).collect())
     }
 }
 
@@ -191,6 +202,9 @@ impl Metric for PseudoPerplexity {
     fn compute(&self) -> Result<BTreeMap<String, f64>> {
         let v = if self.tokens == 0 { f64::NAN } else { (-self.log_prob_sum / self.tokens as f64).exp() };
         Ok(BTreeMap::from([("pseudo_perplexity".to_string(), v)]))
+    }
+    fn columns(&self) -> Result<Vec<ColumnSpec>> {
+        Ok(vec![ColumnSpec::new("pseudo_perplexity", ColumnRole::Headline, false)])
     }
 }
 

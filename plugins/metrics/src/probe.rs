@@ -20,7 +20,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use runner_api::{parse_options, Metric, MlmModel, MlmOutput, Options, ParamDoc, Tokenize, VocabInfo};
+use runner_api::{ColumnRole, ColumnSpec, parse_options, Metric, MlmModel, MlmOutput, Options, ParamDoc, Tokenize, VocabInfo};
 
 use crate::labelled::{self, Labelled};
 use crate::logreg;
@@ -326,6 +326,10 @@ impl Metric for Probe {
     fn compute(&self) -> Result<BTreeMap<String, f64>> {
         let n = &self.opts.name;
         Ok(BTreeMap::from([(format!("{n}_accuracy"), self.accuracy), (format!("{n}_macro_f1"), self.macro_f1)]))
+    }
+    fn columns(&self) -> Result<Vec<ColumnSpec>> {
+        let n = &self.opts.name;
+        Ok(vec![ColumnSpec::new(format!("{n}_accuracy"), ColumnRole::Task, true), ColumnSpec::new(format!("{n}_macro_f1"), ColumnRole::Detail, true)])
     }
 }
 

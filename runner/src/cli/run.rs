@@ -54,13 +54,10 @@ fn train(path: &Path, overrides: &[Override], start: Start) -> Result<()> {
     let s = &outcome.summary;
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     println!("run `{}` finished: {} steps in {:.1}s, {:.0} tokens/s", s.run, s.steps, s.elapsed_s, s.tokens_per_s);
-    println!(
-        "eval loss {} -> {} (perplexity {}), masked-token accuracy {}",
-        fmt(s.initial_eval_loss),
-        fmt(s.final_eval_loss),
-        fmt(s.final_perplexity),
-        fmt(s.final_accuracy)
-    );
+    let finals: Vec<String> =
+        s.finals.iter().map(|(k, v)| format!("{} {}", k.strip_prefix("final_").unwrap_or(k), fmt(*v))).collect();
+    let finals = if finals.is_empty() { String::new() } else { format!("; final {}", finals.join(", ")) };
+    println!("eval loss {} -> {}{finals}", fmt(s.initial_eval_loss), fmt(s.final_eval_loss));
     println!("results:    {}", outcome.run_dir.display());
     println!("metrics:    {}", outcome.run_dir.join("metrics.csv").display());
     println!("checkpoint: {}", s.checkpoint);

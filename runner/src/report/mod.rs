@@ -1,5 +1,7 @@
 //! Run outputs written with polars: the metrics table (`metrics.csv`,
-//! `metrics.parquet`) and the one-row summary (`summary.csv`, `summary.json`).
+//! `metrics.parquet`), what its eval columns mean (`columns.json`, as the
+//! metric plugins declared it) and the one-row summary (`summary.csv`,
+//! `summary.json`).
 //! Files are written to a temporary name and renamed
 //! (`runner_recipe::fs::atomic_write`), so a crash never leaves a half-written
 //! table behind. Reports over many runs: [`table`] and [`plot`].
@@ -12,7 +14,8 @@ use std::path::Path;
 
 use anyhow::Result;
 use polars::prelude::*;
-use runner_recipe::fs::atomic_write;
+use runner_api::{ColumnRole, ColumnSpec};
+use runner_recipe::fs::{atomic_write, atomic_write_bytes};
 use serde::{Deserialize, Serialize};
 
 /// One row of the metrics table: a train-log row, an eval row, or both.
@@ -106,6 +109,25 @@ pub fn write_tables(df: &mut DataFrame, dir: &Path, stem: &str) -> Result<()> {
     })
 }
 
+/// The file in a run folder that says what each eval column means
+/// ([`ColumnSpec`]s, as the metric plugins declared them).
+pub const COLUMNS_FILE: &str = "columns.json";
+
+/// Writes the run's column declarations into `dir`.
+pub fn write_columns(dir: &Path, columns: &[ColumnSpec]) -> Result<()> {
+    atomic_write_bytes(&dir.join(COLUMNS_FILE), &serde_json::to_vec_pretty(columns)?)
+}
+
+/// The column declarations of the run in `dir` (none when it has no such file).
+pub fn read_columns(dir: &Path) -> Vec<ColumnSpec> {
+    std::fs::read(dir.join(COLUMNS_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// The eval loss column among `columns`, if a metric declared one.
+pub fn loss_column(columns: &[ColumnSpec]) -> Option<&str> {
+    columns.iter().find(|c| c.role == ColumnRole::Loss).map(|c| c.name.as_str())
+}
+
 /// The one-row summary of a finished run.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Summary {
@@ -115,11 +137,13 @@ pub struct Summary {
     pub train_tokens: u64,
     pub parameters: i64,
     pub final_train_loss: Option<f64>,
+    /// The first, last and best value of the eval loss column.
     pub initial_eval_loss: Option<f64>,
     pub final_eval_loss: Option<f64>,
     pub best_eval_loss: Option<f64>,
-    pub final_perplexity: Option<f64>,
-    pub final_accuracy: Option<f64>,
+    /// `final_<column>` of every headline column (perplexity, accuracy, ...).
+    #[serde(flatten)]
+    pub finals: BTreeMap<String, Option<f64>>,
     pub tokens_per_s: f64,
     /// Data-parallel processes, and the share of training time they spent in all-reduce.
     pub processes: usize,
@@ -131,10 +155,7 @@ pub struct Summary {
 impl Summary {
     /// Writes `summary.json` and `summary.csv` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        atomic_write(&dir.join("summary.json"), |f| {
-            serde_json::to_writer_pretty(&mut *f, self)?;
-            Ok(())
-        })?;
+        atomic_write_bytes(&dir.join("summary.json"), &serde_json::to_vec_pretty(self)?)?;
         let s = self;
         let mut df = df!(
             "run" => [s.run.as_str()],
@@ -146,14 +167,18 @@ impl Summary {
             "initial_eval_loss" => [s.initial_eval_loss],
             "final_eval_loss" => [s.final_eval_loss],
             "best_eval_loss" => [s.best_eval_loss],
-            "final_perplexity" => [s.final_perplexity],
-            "final_accuracy" => [s.final_accuracy],
+        )?;
+        for (name, value) in &s.finals {
+            df.with_column(Column::new(name.as_str().into(), [*value]))?;
+        }
+        let tail = df!(
             "tokens_per_s" => [s.tokens_per_s],
             "processes" => [s.processes as u64],
             "allreduce_share" => [s.allreduce_share],
             "elapsed_s" => [s.elapsed_s],
             "checkpoint" => [s.checkpoint.as_str()],
         )?;
+        let mut df = df.hstack(tail.get_columns())?;
         let csv = dir.join("summary.csv");
         atomic_write(&csv, |f| Ok(CsvWriter::new(f).include_header(true).finish(&mut df)?))
     }

@@ -11,6 +11,7 @@ use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use runner_recipe::fs::{atomic_write_bytes, atomic_write_with};
+use runner_api::ColumnRole;
 
 use super::table::Runs;
 use crate::error::user_msg;
@@ -114,23 +115,22 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw the plot: {e}");
     root.fill(&WHITE).map_err(err)?;
-    // A third panel for the first probe's accuracy, when a run has one.
-    let probe = runs
-        .runs
-        .iter()
-        .flat_map(|r| r.metrics.get_column_names().into_iter().map(|c| c.to_string()).collect::<Vec<_>>())
-        .filter_map(|c| c.strip_suffix("_macro_f1").map(|p| format!("{p}_accuracy")))
-        .min();
+    // The eval loss, the first lower-is-better headline figure (perplexity),
+    // and a third panel for the first downstream task (a probe), as declared.
+    let declared = runs.columns();
+    let loss_name = declared.iter().find(|c| c.role == ColumnRole::Loss).map_or("eval loss", |c| c.name.as_str());
+    let lm = declared.iter().find(|c| c.role == ColumnRole::Headline && !c.higher_is_better).map_or("perplexity", |c| c.name.as_str());
+    let probe = declared.iter().find(|c| c.role == ColumnRole::Task).map(|c| c.name.clone());
     let panels = root.split_evenly((1, if probe.is_some() { 3 } else { 2 }));
-    let loss: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, "eval_loss")).collect();
-    let ppl: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, "perplexity")).collect();
+    let loss: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, loss_name)).collect();
+    let ppl: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, lm)).collect();
     let names: Vec<&str> = runs.runs.iter().map(|r| r.name.as_str()).collect();
-    panel(&panels[0], "eval loss vs step", "eval loss", &loss, &names, false)?;
+    panel(&panels[0], &format!("{loss_name} vs step"), loss_name, &loss, &names, false)?;
     // Log scale only where perplexities span more than a decade (fresh heads start high).
     let (lo, hi) = ppl.iter().flatten().fold((f64::MAX, f64::MIN), |(lo, hi), &(_, y)| (lo.min(y), hi.max(y)));
     let log = lo > 0.0 && hi / lo > 10.0;
-    let title = if log { "perplexity vs step (log scale)" } else { "perplexity vs step" };
-    panel(&panels[1], title, "perplexity", &ppl, &names, log)?;
+    let title = if log { format!("{lm} vs step (log scale)") } else { format!("{lm} vs step") };
+    panel(&panels[1], &title, lm, &ppl, &names, log)?;
     if let Some(column) = probe {
         let acc: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, &column)).collect();
         panel(&panels[2], &format!("{column} vs step"), &column, &acc, &names, false)?;

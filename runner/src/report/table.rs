@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use polars::prelude::*;
+use runner_api::{ColumnRole, ColumnSpec};
 use serde_yaml::Value;
 
 use runner_recipe::fs::atomic_write;
@@ -37,6 +38,8 @@ pub struct RunData {
     pub summary: Option<serde_json::Value>,
     /// The run's value of each swept key (`None` where its recipe lacks it).
     pub swept: Vec<Option<String>>,
+    /// What its eval columns mean (`columns.json`).
+    pub columns: Vec<ColumnSpec>,
 }
 
 /// The runs under a directory and the keys that were swept.
@@ -44,6 +47,19 @@ pub struct RunData {
 pub struct Runs {
     pub keys: Vec<String>,
     pub runs: Vec<RunData>,
+}
+
+impl Runs {
+    /// Every eval column the runs declared, first declaration first.
+    pub fn columns(&self) -> Vec<ColumnSpec> {
+        let mut all: Vec<ColumnSpec> = Vec::new();
+        for c in self.runs.iter().flat_map(|r| &r.columns) {
+            if !all.iter().any(|a| a.name == c.name) {
+                all.push(c.clone());
+            }
+        }
+        all
+    }
 }
 
 fn has_metrics(dir: &Path) -> bool {
@@ -99,7 +115,8 @@ pub fn collect(dir: &Path) -> Result<Runs> {
         let metrics = read_metrics(&d)?;
         let summary = std::fs::read_to_string(d.join("summary.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
         let swept = keys.iter().map(|k| recipe.as_ref().and_then(|r| lookup(r, k)).map(show)).collect();
-        runs.push(RunData { name, dir: d, metrics, summary, swept });
+        let columns = super::read_columns(&d);
+        runs.push(RunData { name, dir: d, metrics, summary, swept, columns });
     }
     Ok(Runs { keys, runs })
 }
@@ -174,8 +191,9 @@ fn last(v: &[Option<f64>]) -> Option<f64> {
     v.iter().rev().find_map(|x| *x)
 }
 
-fn min(v: &[Option<f64>]) -> Option<f64> {
-    v.iter().flatten().copied().reduce(f64::min)
+/// The best value: the highest or the lowest.
+fn best(v: &[Option<f64>], higher_is_better: bool) -> Option<f64> {
+    v.iter().flatten().copied().reduce(if higher_is_better { f64::max } else { f64::min })
 }
 
 /// 1 for the best value, 2 for the next, ...; runs without a value get none.
@@ -216,28 +234,29 @@ pub fn build(runs: &Runs) -> Result<Report> {
     let steps: Vec<Option<u64>> = rs.iter().map(|r| last(&values(&r.metrics, "step")).map(|s| s as u64)).collect();
     cols.push(Column::new("steps".into(), steps));
     cols.push(Column::new("finished".into(), rs.iter().map(|r| r.summary.is_some()).collect::<Vec<bool>>()));
-    cols.push(Column::new("best_eval_loss".into(), per(&|r| min(&values(&r.metrics, "eval_loss")))));
-    cols.push(Column::new("final_eval_loss".into(), per(&|r| last(&values(&r.metrics, "eval_loss")))));
-    cols.push(Column::new("best_perplexity".into(), per(&|r| min(&values(&r.metrics, "perplexity")))));
-    cols.push(Column::new("final_perplexity".into(), per(&|r| last(&values(&r.metrics, "perplexity")))));
-    cols.push(Column::new("final_accuracy".into(), per(&|r| last(&values(&r.metrics, "accuracy")))));
-    // Probes (metrics with a `<name>_macro_f1` column): their final accuracy, and
-    // each run's rank by perplexity and by every probe, so one table says
-    // whether the run with the best perplexity also helps the task.
-    let mut probes: Vec<String> = rs
-        .iter()
-        .flat_map(|r| r.metrics.get_column_names().into_iter().map(|c| c.to_string()).collect::<Vec<_>>())
-        .filter_map(|c| c.strip_suffix("_macro_f1").map(str::to_string))
-        .collect();
-    probes.sort();
-    probes.dedup();
-    if !probes.is_empty() {
-        let perplexity = per(&|r| last(&values(&r.metrics, "perplexity")));
-        cols.push(Column::new("rank_perplexity".into(), ranks(&perplexity, false)));
-        for p in &probes {
-            let acc = per(&|r| last(&values(&r.metrics, &format!("{p}_accuracy"))));
-            cols.push(Column::new(format!("rank_{p}").into(), ranks(&acc, true)));
-            cols.push(Column::new(format!("final_{p}_accuracy").into(), acc));
+    let declared = runs.columns();
+    if let Some(loss) = declared.iter().find(|c| c.role == ColumnRole::Loss) {
+        cols.push(Column::new("best_eval_loss".into(), per(&|r| best(&values(&r.metrics, &loss.name), false))));
+        cols.push(Column::new("final_eval_loss".into(), per(&|r| last(&values(&r.metrics, &loss.name)))));
+    }
+    let headline: Vec<&ColumnSpec> = declared.iter().filter(|c| c.role == ColumnRole::Headline).collect();
+    for c in &headline {
+        cols.push(Column::new(format!("best_{}", c.name).into(), per(&|r| best(&values(&r.metrics, &c.name), c.higher_is_better))));
+        cols.push(Column::new(format!("final_{}", c.name).into(), per(&|r| last(&values(&r.metrics, &c.name)))));
+    }
+    // Downstream tasks (a probe's accuracy): each run's rank by the first
+    // lower-is-better headline figure (perplexity) and by every task, so one
+    // table says whether the run with the best perplexity also helps the task.
+    let tasks: Vec<&ColumnSpec> = declared.iter().filter(|c| c.role == ColumnRole::Task).collect();
+    if !tasks.is_empty() {
+        if let Some(lm) = headline.iter().find(|c| !c.higher_is_better) {
+            let v = per(&|r| last(&values(&r.metrics, &lm.name)));
+            cols.push(Column::new(format!("rank_{}", lm.name).into(), ranks(&v, false)));
+        }
+        for t in &tasks {
+            let v = per(&|r| last(&values(&r.metrics, &t.name)));
+            cols.push(Column::new(format!("rank_{}", t.name).into(), ranks(&v, t.higher_is_better)));
+            cols.push(Column::new(format!("final_{}", t.name).into(), v));
         }
     }
     cols.push(Column::new(

@@ -59,7 +59,7 @@ pub fn run(recipe: &Recipe, registry: &Registry, start: Start) -> Result<RunOutc
 /// After the last step (first process): the checkpoint in Hugging Face layout
 /// with the tokenizer beside it, and the summary.
 pub fn export(recipe: &Recipe, built: setup::Built, started: Instant) -> Result<RunOutcome> {
-    let setup::Built { mut trainer, tokenizer, steps_per_epoch, parameters } = built;
+    let setup::Built { mut trainer, tokenizer, steps_per_epoch, parameters, columns } = built;
     let checkpoint = recipe.run_dir.join("checkpoint");
     if trainer.collective.rank() != 0 {
         let summary = Summary { run: recipe.raw.run.name.clone(), ..Default::default() };
@@ -81,8 +81,14 @@ pub fn export(recipe: &Recipe, built: setup::Built, started: Instant) -> Result<
 
     let progress = &trainer.state.progress;
     let fit = &progress.stats;
-    let evals: Vec<&Row> = progress.rows.iter().filter(|r| r.eval.contains_key("eval_loss")).collect();
-    let eval_loss = |r: &&Row| r.eval.get("eval_loss").copied();
+    let loss = crate::report::loss_column(&columns).unwrap_or_default();
+    let evals: Vec<&Row> = progress.rows.iter().filter(|r| !r.eval.is_empty()).collect();
+    let eval_loss = |r: &&Row| r.eval.get(loss).copied();
+    let finals = columns
+        .iter()
+        .filter(|c| c.role == runner_api::ColumnRole::Headline)
+        .map(|c| (format!("final_{}", c.name), evals.last().and_then(|r| r.eval.get(&c.name).copied())))
+        .collect();
     let summary = Summary {
         run: recipe.raw.run.name.clone(),
         steps: trainer.settings.schedule.total,
@@ -93,8 +99,7 @@ pub fn export(recipe: &Recipe, built: setup::Built, started: Instant) -> Result<
         initial_eval_loss: evals.first().and_then(eval_loss),
         final_eval_loss: evals.last().and_then(eval_loss),
         best_eval_loss: evals.iter().filter_map(eval_loss).reduce(f64::min),
-        final_perplexity: evals.last().and_then(|r| r.eval.get("perplexity").copied()),
-        final_accuracy: evals.last().and_then(|r| r.eval.get("accuracy").copied()),
+        finals,
         tokens_per_s: fit.tokens as f64 / fit.train_seconds.max(1e-9),
         processes: trainer.collective.world_size(),
         allreduce_share: fit.allreduce_seconds / fit.train_seconds.max(1e-9),

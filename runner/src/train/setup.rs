@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use runner_api::{Metric, ModelSource};
+use runner_api::{ColumnSpec, Metric, ModelSource};
 
 use super::checkpoint::{self, GlobalBatch};
 use super::optimizer::{AdamW, AdamWConfig};
@@ -35,6 +35,8 @@ pub struct Built {
     pub tokenizer: PathBuf,
     pub steps_per_epoch: f64,
     pub parameters: i64,
+    /// What each eval column means, as the metrics declared it.
+    pub columns: Vec<ColumnSpec>,
 }
 
 /// Builds the trainer for `recipe`; `start` says what to do with results
@@ -178,6 +180,9 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     );
     let fp16 = recipe.precision == Precision::Fp16;
     let columns = metric_columns(&metrics)?;
+    if main {
+        crate::report::write_columns(&recipe.run_dir, &columns)?;
+    }
     let mut trainer = Trainer {
         settings: Settings {
             seed: recipe.raw.run.seed,
@@ -201,7 +206,7 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
         batches,
         eval_set,
         metrics,
-        table: MetricsTable::new(columns).with_loss_scale(fp16),
+        table: MetricsTable::new(columns.iter().map(|c| c.name.clone()).collect()).with_loss_scale(fp16),
         folder,
         state: TrainState {
             progress: Progress::default(),
@@ -221,7 +226,7 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     if main {
         tracing::info!("ready to train {:.2}s after start", started.elapsed().as_secs_f64());
     }
-    Ok(Built { trainer, tokenizer: sources.tokenizer, steps_per_epoch, parameters: info.num_parameters })
+    Ok(Built { trainer, tokenizer: sources.tokenizer, steps_per_epoch, parameters: info.num_parameters, columns })
 }
 
 /// The checkpoint a resume continues from: the newest complete one. With none,
@@ -287,11 +292,15 @@ fn cached_examples(
     Ok((train, eval))
 }
 
-/// Names of the eval columns the metrics produce.
-fn metric_columns(metrics: &[Box<dyn Metric>]) -> Result<Vec<String>> {
-    let mut names = Vec::new();
+/// The eval columns the metrics produce, with what each means.
+fn metric_columns(metrics: &[Box<dyn Metric>]) -> Result<Vec<ColumnSpec>> {
+    let mut columns = Vec::new();
     for m in metrics {
-        names.extend(m.compute()?.into_keys());
+        let declared = m.columns()?;
+        for name in m.compute()?.into_keys() {
+            let spec = declared.iter().find(|c| c.name == name).cloned();
+            columns.push(spec.unwrap_or_else(|| ColumnSpec::new(name, runner_api::ColumnRole::Detail, false)));
+        }
     }
-    Ok(names)
+    Ok(columns)
 }
