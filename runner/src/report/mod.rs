@@ -148,6 +148,8 @@ pub struct Summary {
     /// Data-parallel processes, and the share of training time they spent in all-reduce.
     pub processes: usize,
     pub allreduce_share: f64,
+    /// Wall time in evals, over the whole run (resumes included).
+    pub eval_s: f64,
     pub elapsed_s: f64,
     pub checkpoint: String,
 }
@@ -175,6 +177,7 @@ impl Summary {
             "tokens_per_s" => [s.tokens_per_s],
             "processes" => [s.processes as u64],
             "allreduce_share" => [s.allreduce_share],
+            "eval_s" => [s.eval_s],
             "elapsed_s" => [s.elapsed_s],
             "checkpoint" => [s.checkpoint.as_str()],
         )?;

@@ -103,6 +103,7 @@ pub fn export(recipe: &Recipe, built: setup::Built, started: Instant) -> Result<
         tokens_per_s: fit.tokens as f64 / fit.train_seconds.max(1e-9),
         processes: trainer.collective.world_size(),
         allreduce_share: fit.allreduce_seconds / fit.train_seconds.max(1e-9),
+        eval_s: fit.eval_seconds,
         elapsed_s: started.elapsed().as_secs_f64(),
         checkpoint: checkpoint.display().to_string(),
     };

@@ -58,6 +58,8 @@ pub struct FitStats {
     /// Of that, time in the all-reduces of gradients and step figures
     /// (waiting for the slowest process included).
     pub allreduce_seconds: f64,
+    /// Wall time in evals (metrics that run the model, as a probe, included).
+    pub eval_seconds: f64,
 }
 
 /// A state in its saved form: tensors by name, and plain values by part.
@@ -183,7 +185,7 @@ mod tests {
         s.progress = Progress {
             step: 3,
             window: Window { loss: 1.25, steps: 1, tokens: 17 },
-            stats: FitStats { tokens: 99, train_seconds: 0.1 + 0.2, allreduce_seconds: 1e-3 },
+            stats: FitStats { tokens: 99, train_seconds: 0.1 + 0.2, allreduce_seconds: 1e-3, eval_seconds: 0.7 / 3.0 },
             rows: vec![Row { step: 2, train_loss: Some(0.1 + 0.7), ..Default::default() }],
         };
         s

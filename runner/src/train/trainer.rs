@@ -139,6 +139,7 @@ impl Trainer {
             let t = Instant::now();
             let shown = self.eval_row(0, 0.0)?;
             eval_seconds += t.elapsed().as_secs_f64();
+            self.state.progress.stats.eval_seconds += t.elapsed().as_secs_f64();
             bar.suspend(|| tracing::info!("step 0: {shown}"));
         }
         // Training time of the current log window; eval time is kept out of it.
@@ -241,6 +242,7 @@ impl Trainer {
                 let t = Instant::now();
                 let shown = self.eval_row(done, started.elapsed().as_secs_f64())?;
                 eval_seconds += t.elapsed().as_secs_f64();
+                self.state.progress.stats.eval_seconds += t.elapsed().as_secs_f64();
                 bar.suspend(|| tracing::info!("step {done}: {shown}"));
                 window_start = Instant::now();
             }
