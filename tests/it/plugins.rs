@@ -6,11 +6,9 @@
 //! Out-of-tree plugins are built here with cargo into target/plugin-tests,
 //! against the same runner-api sources and libtorch as the runner.
 
-mod common;
-
 use std::process::Output;
 
-use common::{build_plugin, library, root, runner, stderr, stdout};
+use crate::common::{build_plugin, library, root, runner, stderr, stdout};
 
 fn text(o: &Output) -> (String, String) {
     (stdout(o), stderr(o))

@@ -5,8 +5,6 @@
 //! clearly without it; bad checksums, missing files and unreachable Hubs are
 //! clear errors; interrupted downloads resume; `huggingface_hub` shares the cache.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{assert_error, root, runner_with as runner, stderr};
 use polars::prelude::*;
 use runner::hub::{Hub, HubEnv, HubUri};
 use sha2::{Digest, Sha256};
+
+use crate::common::{assert_error, free_port, root, runner_with as runner, stderr, tiny_bert, tiny_recipe};
 
 const MODEL: &str = "test-org/tiny-bert";
 const DATASET: &str = "test-org/toy-corpus";
@@ -274,7 +273,7 @@ fn route(repos: &[Repo], cdn: SocketAddr, path: &str, range: Option<&str>) -> An
 // ---------------------------------------------------------------------------
 
 fn model_repo() -> Repo {
-    let dir = root().join("tests/fixtures/tiny-bert");
+    let dir = tiny_bert();
     let mut files = BTreeMap::new();
     for (f, lfs) in [("config.json", false), ("model.safetensors", true), ("tokenizer.json", false), ("vocab.txt", false)] {
         files.insert(f.to_string(), File::new(std::fs::read(dir.join(f)).unwrap(), lfs));
@@ -320,19 +319,18 @@ fn env(hub: &FakeHub, home: &Path) -> HubEnv {
 
 /// The tiny recipe, reading model and data from the fake Hub.
 fn hub_recipe(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("tests/recipes/tiny.yaml")).unwrap();
-    let text = text
-        .replace(
-            "  train: tests/fixtures/toy-corpus.txt\n  holdout: 0.2\n",
-            &format!("  dataset: parquet\n  options: {{text_column: text, documents: blank_line}}\n  train: hf://datasets/{DATASET}/toy/train\n  eval: hf://datasets/{DATASET}/toy/validation\n"),
-        )
-        .replace("checkpoint: tests/fixtures/tiny-bert", &format!("checkpoint: hf://{MODEL}"))
-        .replace("max_steps: 30", "max_steps: 6")
-        .replace("every: 10", "every: 3");
-    assert!(text.contains("hf://datasets") && text.contains(&format!("hf://{MODEL}")), "the recipe was edited:\n{text}");
-    let path = dir.join("hub.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+    tiny_recipe(dir, "hub.yaml", |text| {
+        let text = text
+            .replace(
+                "  train: tests/fixtures/toy-corpus.txt\n  holdout: 0.2\n",
+                &format!("  dataset: parquet\n  options: {{text_column: text, documents: blank_line}}\n  train: hf://datasets/{DATASET}/toy/train\n  eval: hf://datasets/{DATASET}/toy/validation\n"),
+            )
+            .replace("checkpoint: tests/fixtures/tiny-bert", &format!("checkpoint: hf://{MODEL}"))
+            .replace("max_steps: 30", "max_steps: 6")
+            .replace("every: 10", "every: 3");
+        assert!(text.contains("hf://datasets") && text.contains(&format!("hf://{MODEL}")), "the recipe was edited:\n{text}");
+        text
+    })
 }
 
 
@@ -378,7 +376,7 @@ fn hf_recipe_downloads_trains_then_reuses_the_cache_and_works_offline() {
     assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), MODEL_SHA);
     let weights = repo.join(format!("snapshots/{MODEL_SHA}/model.safetensors"));
     let blob = std::fs::read_link(&weights).unwrap();
-    let expected = sha256(&std::fs::read(root().join("tests/fixtures/tiny-bert/model.safetensors")).unwrap());
+    let expected = sha256(&std::fs::read(tiny_bert().join("model.safetensors")).unwrap());
     assert_eq!(blob, PathBuf::from(format!("../../blobs/{expected}")));
     assert_eq!(sha256(&std::fs::read(&weights).unwrap()), expected);
     let data = home.join(format!("hub/datasets--test-org--toy-corpus/snapshots/{DATASET_SHA}/toy"));
@@ -441,7 +439,7 @@ fn a_bad_checksum_is_an_error_and_nothing_is_cached() {
     assert_error(&o, 1, &["checksum mismatch", "model.safetensors", MODEL, "deleted"]);
     let repo = home.join("hub/models--test-org--tiny-bert");
     let blobs: Vec<String> = std::fs::read_dir(repo.join("blobs")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    let expected = sha256(&std::fs::read(root().join("tests/fixtures/tiny-bert/model.safetensors")).unwrap());
+    let expected = sha256(&std::fs::read(tiny_bert().join("model.safetensors")).unwrap());
     assert!(blobs.iter().all(|b| !b.starts_with(&expected)), "no blob nor partial file of the bad download: {blobs:?}");
     assert!(!repo.join(format!("snapshots/{MODEL_SHA}/model.safetensors")).exists());
 }
@@ -481,7 +479,7 @@ fn a_missing_file_names_repository_and_file() {
 fn an_unreachable_hub_is_a_clear_error_unless_the_cache_has_it() {
     let tmp = tempfile::tempdir().unwrap();
     // A port that nothing listens on.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = format!("127.0.0.1:{}", free_port());
     let recipe = hub_recipe(tmp.path());
     let home = tmp.path().join("home");
     let endpoint = format!("http://{closed}");
@@ -502,7 +500,7 @@ fn an_interrupted_download_resumes_with_range() {
     let tmp = tempfile::tempdir().unwrap();
     let hub = FakeHub::start(vec![model_repo()]);
     let home = tmp.path().join("home");
-    let weights = std::fs::read(root().join("tests/fixtures/tiny-bert/model.safetensors")).unwrap();
+    let weights = std::fs::read(tiny_bert().join("model.safetensors")).unwrap();
     let etag = sha256(&weights);
     let blobs = home.join("hub/models--test-org--tiny-bert/blobs");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -568,7 +566,7 @@ fn huggingface_hub_and_runner_share_the_cache() {
 #[test]
 fn the_wikitext_recipe_validates_without_touching_the_network() {
     // Nothing listens there: validate must not try.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = format!("127.0.0.1:{}", free_port());
     let tmp = tempfile::tempdir().unwrap();
     let endpoint = format!("http://{closed}");
     let envs = [("HF_ENDPOINT", endpoint.as_str()), ("HF_HOME", tmp.path().to_str().unwrap())];

@@ -11,14 +11,12 @@
 //! own test: a BOM recipe, a config.json that disagrees with its weights, a
 //! truncated plugin library, fill-mask with a tokenizer larger than the model.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use common::{build_plugin, library, root, runner_command, stderr};
+use crate::common::{beside_runner, build_plugin, library, root, runner, runner_command, stderr, tiny_bert, tiny_recipe};
 
 /// What a row may leave behind.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -103,7 +101,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// The fixture model under `w/name`, with `edit` applied to the folder.
 fn model(w: &Path, name: &str, edit: impl FnOnce(&Path)) -> String {
     let dir = w.join(name);
-    copy_dir(&root().join("tests/fixtures/tiny-bert"), &dir);
+    copy_dir(&tiny_bert(), &dir);
     edit(&dir);
     dir.display().to_string()
 }
@@ -137,11 +135,8 @@ fn replace_bytes(path: &Path, from: &str, to: &str) {
 
 /// The tiny recipe with results under `w/out`, `edit` applied to its text.
 fn recipe(w: &Path, name: &str, edit: impl FnOnce(String) -> String) -> String {
-    let text = std::fs::read_to_string(root().join("tests/recipes/tiny.yaml")).unwrap();
-    let text = text.replace("output_dir: results", &format!("output_dir: {}", w.join("out").display()));
-    let path = w.join(name);
-    std::fs::write(&path, edit(text)).unwrap();
-    path.display().to_string()
+    let out = format!("output_dir: {}", w.join("out").display());
+    tiny_recipe(w, name, |text| edit(text.replace("output_dir: results", &out))).display().to_string()
 }
 
 fn runs(row: &Row, w: &Path) -> std::process::Output {
@@ -244,12 +239,12 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         replace_bytes(&d.join("model.safetensors"), "bert.encoder.layer.0.output.dense.weight", "bert.encoder.layer.0.output.dense.wexght");
     });
     let model_file = ws("tiny-bert-file");
-    std::fs::copy(root().join("tests/fixtures/tiny-bert/model.safetensors"), &model_file).unwrap();
+    std::fs::copy(tiny_bert().join("model.safetensors"), &model_file).unwrap();
 
     // Plugins: a library cut short, a text file named .so, one built for another ABI, one that panics.
     let plugins = w.join("plugins");
     std::fs::create_dir(&plugins).unwrap();
-    let shipped = std::path::Path::new(env!("CARGO_BIN_EXE_runner")).with_file_name("librunner_plugin_text.so");
+    let shipped = beside_runner("librunner_plugin_text.so");
     let cut = std::fs::read(&shipped).unwrap();
     std::fs::write(plugins.join("libcut.so"), &cut[..100_000]).unwrap();
     std::fs::write(plugins.join("libtext.so"), "not a library\n").unwrap();
@@ -390,10 +385,8 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
 #[test]
 fn a_recipe_with_a_byte_order_mark_validates() {
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(root().join("tests/recipes/tiny.yaml")).unwrap();
-    let path = dir.path().join("bom.yaml");
-    std::fs::write(&path, format!("\u{feff}{text}")).unwrap();
-    let o = runner_command(&["validate", path.to_str().unwrap()]).output().unwrap();
+    let path = tiny_recipe(dir.path(), "bom.yaml", |text| format!("\u{feff}{text}"));
+    let o = runner(&["validate", path.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -401,8 +394,7 @@ fn a_recipe_with_a_byte_order_mark_validates() {
 fn weights_that_disagree_with_config_json_are_refused_unless_allowed() {
     let tmp = tempfile::tempdir().unwrap();
     let three = model(tmp.path(), "three", |d| edit_json(&d.join("config.json"), |c| c["num_hidden_layers"] = 3.into()));
-    let fm = |args: &[&str]| runner_command(args).output().unwrap();
-    let o = fm(&["fill-mask", "--model", &three, "the big [MASK] sat ."]);
+    let o = runner(&["fill-mask", "--model", &three, "the big [MASK] sat ."]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     // Every tensor of the third layer is listed (16 of them), and no head tensor.
@@ -415,12 +407,12 @@ fn weights_that_disagree_with_config_json_are_refused_unless_allowed() {
     let dir = format!("run.output_dir={}", out.display());
     let ck = format!("model.checkpoint={three}");
     let base = ["run", "tests/recipes/tiny.yaml", "--set", &dir, "--set", &ck, "--set", "training.max_steps=1"];
-    let o = fm(&base);
+    let o = runner(&base);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("bert.encoder.layer.2.attention.self.query.weight"), "{}", stderr(&o));
     let mut allowed = base.to_vec();
     allowed.extend(["--set", "model.options.allow_missing=[encoder.layer.2.]", "--set", "run.name=allowed"]);
-    let o = fm(&allowed);
+    let o = runner(&allowed);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("newly initialised"), "{}", stderr(&o));
 }
@@ -428,11 +420,11 @@ fn weights_that_disagree_with_config_json_are_refused_unless_allowed() {
 #[test]
 fn a_truncated_plugin_library_is_refused_not_a_crash() {
     let tmp = tempfile::tempdir().unwrap();
-    let shipped = Path::new(env!("CARGO_BIN_EXE_runner")).with_file_name("librunner_plugin_bert.so");
+    let shipped = beside_runner("librunner_plugin_bert.so");
     let bytes = std::fs::read(&shipped).unwrap();
     let cut = tmp.path().join("librunner_cut.so");
     std::fs::write(&cut, &bytes[..100_000]).unwrap();
-    let o = runner_command(&["plugins", "--plugin", cut.to_str().unwrap()]).output().unwrap();
+    let o = runner(&["plugins", "--plugin", cut.to_str().unwrap()]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "no SIGBUS: {err}");
     assert!(err.contains("librunner_cut.so: cannot load plugin library: cut short"), "{err}");

@@ -2,13 +2,12 @@
 //! reports and exports; runs are deterministic for a seed; bad recipes fail
 //! with one clear message and exit code 2; earlier results are never lost.
 
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{assert_error, root, runner, stderr};
 use polars::prelude::*;
+
+use crate::common::{assert_error, column, read_csv, runner, runner_command, stderr, tiny_recipe};
 
 /// Runs the tiny recipe into `out` with extra `--set` overrides.
 fn run_tiny(out: &Path, extra: &[&str]) -> Output {
@@ -18,14 +17,6 @@ fn run_tiny(out: &Path, extra: &[&str]) -> Output {
         args.extend(["--set", e]);
     }
     runner(&args)
-}
-
-fn read_csv(path: &Path) -> DataFrame {
-    CsvReadOptions::default().try_into_reader_with_file_path(Some(path.into())).unwrap().finish().unwrap()
-}
-
-fn column(df: &DataFrame, name: &str) -> Vec<Option<f64>> {
-    df.column(name).unwrap().cast(&DataType::Float64).unwrap().f64().unwrap().into_iter().collect()
 }
 
 #[test]
@@ -114,14 +105,6 @@ fn existing_results_are_kept_unless_overwrite_is_given() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-/// Writes the tiny recipe with `edit` applied to its text, returns its path.
-fn edited_recipe(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("tests/recipes/tiny.yaml")).unwrap();
-    let path = dir.join("recipe.yaml");
-    std::fs::write(&path, edit(text)).unwrap();
-    path
-}
-
 /// Asserts a clean user error: exit code 2, one message naming `needle`, no panic.
 fn assert_user_error(o: &Output, needles: &[&str]) {
     assert_error(o, 2, needles);
@@ -132,15 +115,15 @@ fn assert_user_error(o: &Output, needles: &[&str]) {
 #[test]
 fn bad_recipes_fail_with_one_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let unknown = edited_recipe(dir.path(), |t| t.replace("lr: 2.0e-3", "lrr: 2.0e-3"));
+    let unknown = tiny_recipe(dir.path(), "recipe.yaml", |t| t.replace("lr: 2.0e-3", "lrr: 2.0e-3"));
     let o = runner(&["validate", unknown.to_str().unwrap()]);
     assert_user_error(&o, &["recipe.yaml", "training", "unknown field `lrr`", "line"]);
 
-    let wrong_type = edited_recipe(dir.path(), |t| t.replace("batch_size: 8", "batch_size: eight"));
+    let wrong_type = tiny_recipe(dir.path(), "recipe.yaml", |t| t.replace("batch_size: 8", "batch_size: eight"));
     let o = runner(&["run", wrong_type.to_str().unwrap()]);
     assert_user_error(&o, &["training.batch_size", "invalid type"]);
 
-    let missing = edited_recipe(dir.path(), |t| t.replace("tests/fixtures/toy-corpus.txt", "tests/fixtures/nope.txt"));
+    let missing = tiny_recipe(dir.path(), "recipe.yaml", |t| t.replace("tests/fixtures/toy-corpus.txt", "tests/fixtures/nope.txt"));
     let o = runner(&["run", missing.to_str().unwrap()]);
     assert_user_error(&o, &["data.train", "tests/fixtures/nope.txt", "does not exist"]);
 
@@ -168,9 +151,7 @@ fn a_second_run_maps_its_examples_from_the_token_store() {
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let command = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_runner"))
-            .args(args)
-            .current_dir(root())
+        runner_command(args)
             .env("RUST_LOG", "info")
             .env("RUNNER_CACHE_DIR", cache.path())
             .output()

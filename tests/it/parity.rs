@@ -4,7 +4,6 @@
 //! transformers, and the fill-mask pipeline.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use runner::autocast::Autocast;
 use runner::train::optimizer::{AdamW, AdamWConfig};
@@ -12,18 +11,12 @@ use runner_api::{MlmBatch, MlmModel, Mode};
 use runner_plugin_bert::Bert;
 use tch::{Device, Kind, Tensor};
 
+use crate::common::{column, read_csv, root, runner, stderr, tiny_bert};
+
 const TOL: f64 = 1e-4;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn fixture() -> PathBuf {
-    root().join("tests/fixtures/tiny-bert")
-}
-
 fn expected() -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixture().join("expected.safetensors")).unwrap().into_iter().collect()
+    Tensor::read_safetensors(tiny_bert().join("expected.safetensors")).unwrap().into_iter().collect()
 }
 
 fn batch(e: &HashMap<String, Tensor>) -> MlmBatch {
@@ -35,7 +28,7 @@ fn batch(e: &HashMap<String, Tensor>) -> MlmBatch {
 }
 
 fn load() -> Bert {
-    Bert::from_pretrained(&fixture(), &serde_yaml::Mapping::new(), Device::Cpu).unwrap()
+    Bert::from_pretrained(&tiny_bert(), &serde_yaml::Mapping::new(), Device::Cpu).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -45,7 +38,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// Runs the fixture's three AdamW steps; returns the losses before each step and after the last.
 fn three_steps(model: &Bert, e: &HashMap<String, Tensor>) -> Vec<f64> {
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture().join("training.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tiny_bert().join("training.json")).unwrap()).unwrap();
     let f = |k: &str| cfg[k].as_f64().unwrap();
     let mut opt = AdamW::new(
         model.parameters().unwrap(),
@@ -99,13 +92,13 @@ fn exported_checkpoint_loads_in_transformers_with_the_same_loss() {
     let out = tempfile::tempdir().unwrap();
     model.save_pretrained(out.path()).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json", "vocab.txt"] {
-        std::fs::copy(fixture().join(f), out.path().join(f)).unwrap();
+        std::fs::copy(tiny_bert().join(f), out.path().join(f)).unwrap();
     }
     let python = root().join(".venv/bin/python");
     let result = std::process::Command::new(&python)
         .arg(root().join("tests/fixtures/hf_loss.py"))
         .arg(out.path())
-        .arg(fixture().join("expected.safetensors"))
+        .arg(tiny_bert().join("expected.safetensors"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {} (run scripts/setup.sh): {e}", python.display()));
     let stdout = String::from_utf8_lossy(&result.stdout);
@@ -121,14 +114,14 @@ fn exported_checkpoint_loads_in_transformers_with_the_same_loss() {
 #[test]
 fn fill_mask_matches_the_transformers_pipeline() {
     let spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture().join("fill_mask.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tiny_bert().join("fill_mask.json")).unwrap()).unwrap();
     let text = spec["text"].as_str().unwrap();
     let k = spec["top_k"].as_u64().unwrap() as usize;
     let mut registry = runner::registry::Registry::empty();
     let mut plugin = runner_api::Registrar::new("bert");
     runner_plugin_bert::register(&mut plugin);
     registry.add(plugin).unwrap();
-    let ours = runner::cli::fill_mask::predict(&registry, &fixture(), text, k).unwrap();
+    let ours = runner::cli::fill_mask::predict(&registry, &tiny_bert(), text, k).unwrap();
     assert_eq!(ours.len(), 1, "one [MASK] in the text");
     let ours = &ours[0];
     let theirs = spec["expected"].as_array().unwrap();
@@ -148,19 +141,27 @@ fn pseudo_perplexity_equals_a_direct_one_token_at_a_time_computation() {
     use runner::data::tokenizer;
     let out = tempfile::tempdir().unwrap();
     let dir = format!("run.output_dir={}", out.path().display());
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .args(["run", "tests/recipes/tiny.yaml", "--set", &dir, "--set", "training.max_steps=2"])
-        .args(["--set", "data.eval=tests/fixtures/toy-corpus.txt", "--set", "data.examples=line_by_line"])
-        .args(["--set", "eval.max_sequences=3", "--set", "eval.every=0", "--set", "metrics=[loss, pseudo_perplexity]"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let csv = std::fs::read_to_string(out.path().join("tiny/metrics.csv")).unwrap();
-    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
-    let col = header.iter().position(|h| *h == "pseudo_perplexity").expect("a pseudo_perplexity column");
-    let last = csv.lines().last().unwrap().split(',').nth(col).unwrap().parse::<f64>().unwrap();
+    let o = runner(&[
+        "run",
+        "tests/recipes/tiny.yaml",
+        "--set",
+        &dir,
+        "--set",
+        "training.max_steps=2",
+        "--set",
+        "data.eval=tests/fixtures/toy-corpus.txt",
+        "--set",
+        "data.examples=line_by_line",
+        "--set",
+        "eval.max_sequences=3",
+        "--set",
+        "eval.every=0",
+        "--set",
+        "metrics=[loss, pseudo_perplexity]",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = read_csv(&out.path().join("tiny/metrics.csv"));
+    let last = column(&metrics, "pseudo_perplexity").last().copied().flatten().expect("a pseudo_perplexity in the last row");
 
     // Direct: the exported checkpoint, the first 3 eval lines, each token masked alone.
     let ckpt = out.path().join("tiny/checkpoint");
@@ -231,9 +232,9 @@ fn bf16_compute_stays_close_to_fp32() {
 fn fp16_loss_scaling_matches_torch_grad_scaler() {
     use runner::train::scaler::{LossScaler, ScalerConfig};
     let want: HashMap<String, Tensor> =
-        Tensor::read_safetensors(fixture().join("grad_scaler.safetensors")).unwrap().into_iter().collect();
+        Tensor::read_safetensors(tiny_bert().join("grad_scaler.safetensors")).unwrap().into_iter().collect();
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture().join("grad_scaler.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tiny_bert().join("grad_scaler.json")).unwrap()).unwrap();
     let f = |k: &str| cfg[k].as_f64().unwrap();
     let model = load();
     let mut opt = AdamW::new(

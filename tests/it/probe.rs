@@ -5,16 +5,15 @@
 //! (`tests/fixtures/probe_reference.py`). Then bad probe inputs: exit 2 and a
 //! message naming the file and the line.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{assert_error, root, runner, stderr};
 use runner::data::tokenizer;
 use runner_api::Metric;
 use runner_plugin_bert::Bert;
 use runner_plugin_metrics::probe::{Pooling, Probe, ProbeOptions};
 use tch::{Device, Tensor};
+
+use crate::common::{assert_error, column, read_csv, root, runner, stderr};
 
 const L2: f64 = 0.01;
 
@@ -52,14 +51,6 @@ fn probe_entry(train: &Path, eval: &Path, extra: &str) -> String {
     )
 }
 
-/// The value of `column` in every row of a metrics.csv that has one.
-fn column(csv: &str, column: &str) -> Vec<f64> {
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let at = header.iter().position(|h| *h == column).unwrap_or_else(|| panic!("no `{column}` in {header:?}"));
-    lines.filter_map(|l| l.split(',').nth(at).and_then(|v| v.parse::<f64>().ok())).collect()
-}
-
 #[test]
 fn probe_features_and_accuracy_match_transformers_and_scikit_learn() {
     let tmp = tempfile::tempdir().unwrap();
@@ -78,9 +69,9 @@ fn probe_features_and_accuracy_match_transformers_and_scikit_learn() {
         &probe_entry(&train, &eval, ", pooling: mean"),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let csv = std::fs::read_to_string(tmp.path().join("tiny/metrics.csv")).unwrap();
-    let acc = column(&csv, "probe_accuracy");
-    let f1 = column(&csv, "probe_macro_f1");
+    let csv = read_csv(&tmp.path().join("tiny/metrics.csv"));
+    let values = |name: &str| column(&csv, name).into_iter().flatten().collect::<Vec<f64>>();
+    let (acc, f1) = (values("probe_accuracy"), values("probe_macro_f1"));
     assert_eq!(acc.len(), 3, "probe rows at steps 0, 10 and 20:\n{csv}");
     assert_eq!(f1.len(), 3);
     assert!(acc.iter().chain(&f1).all(|v| (0.0..=1.0).contains(v)), "{acc:?} {f1:?}");

@@ -4,36 +4,27 @@
 //! bit for bit, and the same metric rows as a run that was never stopped.
 //! And a second run of the same name is refused while the first one runs.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
-use common::{assert_error, runner_command, stderr};
 use tch::Tensor;
+
+use crate::common::{assert_error, assert_same_run, dropout_args, read_csv, runner_command, signal, stderr, tiny_bert, EXACT};
 
 const STEPS: u64 = 40;
 
 /// The tiny recipe with dropout on, checkpoints every `every` steps.
 fn args(command: &str, out: &Path, every: u64, extra: &[&str]) -> Vec<String> {
-    let mut a = vec![command.to_string(), "tests/recipes/tiny.yaml".to_string()];
     let sets = [
-        format!("run.output_dir={}", out.display()),
         "run.name=r".to_string(),
         format!("training.max_steps={STEPS}"),
-        "training.log_every=1".into(),
         format!("training.checkpoint.every={every}"),
         "training.checkpoint.keep=2".into(),
         "eval.every=7".into(),
-        "model.options.config.hidden_dropout_prob=0.1".into(),
-        "model.options.config.attention_probs_dropout_prob=0.1".into(),
-        "data.cache=false".into(),
     ];
-    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
-        a.extend(["--set".to_string(), s.to_string()]);
-    }
-    a
+    let sets: Vec<&str> = sets.iter().map(String::as_str).chain(extra.iter().copied()).collect();
+    [command.to_string()].into_iter().chain(dropout_args(out, &sets)).collect()
 }
 
 fn start(a: &[String]) -> Child {
@@ -57,11 +48,6 @@ fn reference(out: &Path) -> PathBuf {
     out.join("reference")
 }
 
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on a child this test started and has not reaped.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
-}
-
 /// Waits until `path` exists (the run has got that far), at most a minute.
 fn wait_for(path: &Path, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -72,32 +58,11 @@ fn wait_for(path: &Path, child: &mut Child) {
     }
 }
 
-/// Parameters equal bit for bit; metric rows equal except wall-clock columns.
-fn assert_same_run(reference: &Path, resumed: &Path) {
-    let read = |run: &Path| {
-        let mut t = Tensor::read_safetensors(run.join("checkpoint/model.safetensors")).unwrap();
-        t.sort_by(|a, b| a.0.cmp(&b.0));
-        t
-    };
-    let (a, b) = (read(reference), read(resumed));
-    assert_eq!(a.len(), b.len());
-    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs by {}", (ta - tb).abs().max().double_value(&[]));
-    }
-    // The CSV text, so a value that differs in its last digit shows as such.
-    let table = |run: &Path| -> Vec<Vec<String>> {
-        let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-        let rows: Vec<Vec<String>> = text.lines().map(|l| l.split(',').map(str::to_string).collect()).collect();
-        let keep: Vec<bool> = rows[0].iter().map(|c| c != "tokens_per_s" && c != "elapsed_s").collect();
-        rows.into_iter().map(|r| r.into_iter().zip(&keep).filter(|(_, k)| **k).map(|(v, _)| v).collect()).collect()
-    };
-    let (ta, tb) = (table(reference), table(resumed));
-    for (i, (ra, rb)) in ta.iter().zip(&tb).enumerate() {
-        assert_eq!(ra, rb, "metric row {i} differs (header {:?})", ta[0]);
-    }
-    assert_eq!(ta.len(), tb.len());
-    assert_eq!(ta.len() as u64, STEPS + 2, "a header, a row per step and one at step 0");
+/// Parameters equal bit for bit; metric rows equal except wall-clock columns,
+/// a row for each step and one at step 0.
+fn assert_same_end(reference: &Path, resumed: &Path) {
+    assert_same_run(reference, resumed, EXACT);
+    assert_eq!(read_csv(&resumed.join("metrics.csv")).height() as u64, STEPS + 1, "a row per step and one at step 0");
 }
 
 #[test]
@@ -112,7 +77,7 @@ fn a_run_stopped_by_sigterm_resumes_to_the_same_end() {
         assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "the run ended before it was signalled");
         std::thread::sleep(Duration::from_millis(2));
     }
-    signal(&child, libc::SIGTERM);
+    signal(child.id(), libc::SIGTERM);
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(143), "{err}");
@@ -129,7 +94,7 @@ fn a_run_stopped_by_sigterm_resumes_to_the_same_end() {
     let o = finish(&["resume".to_string(), run.display().to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains(&format!("resuming after step {stopped_at}")), "{}", stderr(&o));
-    assert_same_run(&reference, &run);
+    assert_same_end(&reference, &run);
 }
 
 #[test]
@@ -144,7 +109,7 @@ fn sigkill_at_random_moments_then_resume_ends_as_an_uninterrupted_run() {
     // The first kill comes after a complete checkpoint.
     let mut child = start(&a);
     wait_for(&run.join("checkpoints/step-3/manifest.json"), &mut child);
-    signal(&child, libc::SIGKILL);
+    signal(child.id(), libc::SIGKILL);
     child.wait().unwrap();
 
     // Then 10 kills after delays drawn from a seeded generator.
@@ -171,7 +136,7 @@ fn sigkill_at_random_moments_then_resume_ends_as_an_uninterrupted_run() {
         }
         let killed = running(&child);
         if killed {
-            signal(&child, libc::SIGKILL);
+            signal(child.id(), libc::SIGKILL);
         }
         let o = child.wait_with_output().unwrap();
         let err = stderr(&o);
@@ -187,7 +152,7 @@ fn sigkill_at_random_moments_then_resume_ends_as_an_uninterrupted_run() {
 
     let o = finish(&resume);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_same_run(&reference, &run);
+    assert_same_end(&reference, &run);
     // Only the newest `keep` checkpoints remain, and no temporary folder.
     let left: Vec<String> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(left.len() <= 2 && left.iter().all(|n| n.starts_with("step-")), "{left:?}");
@@ -215,7 +180,7 @@ fn a_second_run_of_the_same_name_is_refused_while_the_first_runs() {
     let o = finish(&args("run", out.path(), 0, &["training.max_steps=100000", "training.lr=1e-3"]));
     let overwrite: Vec<String> = a.iter().cloned().chain(["--overwrite".to_string()]).collect();
     let o2 = finish(&overwrite);
-    signal(&first, libc::SIGKILL);
+    signal(first.id(), libc::SIGKILL);
     first.wait().unwrap();
     assert_error(&o, 2, &["in use by another runner process"]);
     assert_error(&o2, 2, &["in use by another runner process"]);
@@ -229,7 +194,7 @@ fn a_loss_that_is_not_a_number_names_the_step_the_checkpoint_and_the_documents_a
     // The tiny model with a NaN in a LayerNorm: every loss is NaN.
     let model = out.path().join("nan-bert");
     std::fs::create_dir(&model).unwrap();
-    let fixture = common::root().join("tests/fixtures/tiny-bert");
+    let fixture = tiny_bert();
     for f in std::fs::read_dir(&fixture).unwrap() {
         let f = f.unwrap();
         std::fs::copy(f.path(), model.join(f.file_name())).unwrap();

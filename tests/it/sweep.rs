@@ -4,14 +4,13 @@
 //! broken templates fail with one message naming the template line, exit code 2.
 
 use std::collections::BTreeSet;
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 use std::time::SystemTime;
 
-use common::{assert_error, root, runner, stderr, stdout};
 use polars::prelude::*;
+
+use crate::common::{assert_error, column, read_csv, root, runner, stderr, stdout};
 
 const TEMPLATE: &str = "tests/recipes/sweep-tiny.yaml.j2";
 
@@ -41,14 +40,6 @@ fn snapshot(run: &Path) -> Vec<(String, Vec<u8>, SystemTime)> {
             (f.to_string(), std::fs::read(&p).unwrap(), std::fs::metadata(&p).unwrap().modified().unwrap())
         })
         .collect()
-}
-
-fn read_csv(path: &Path) -> DataFrame {
-    CsvReadOptions::default().try_into_reader_with_file_path(Some(path.into())).unwrap().finish().unwrap()
-}
-
-fn f64s(df: &DataFrame, name: &str) -> Vec<Option<f64>> {
-    df.column(name).unwrap().cast(&DataType::Float64).unwrap().f64().unwrap().into_iter().collect()
 }
 
 fn strings(df: &DataFrame, name: &str) -> Vec<String> {
@@ -140,17 +131,17 @@ fn sweep_runs_resumes_and_reports() {
     assert_eq!(csv.height(), 6, "{csv}");
     let names = strings(&csv, "run");
     assert_eq!(names, RUNS.iter().map(|r| r.0.to_string()).collect::<Vec<_>>());
-    let rates = f64s(&csv, "masking.rate");
-    let lrs = f64s(&csv, "training.lr");
+    let rates = column(&csv, "masking.rate");
+    let lrs = column(&csv, "training.lr");
     for (i, (name, rate, lr)) in RUNS.iter().enumerate() {
         assert_eq!(rates[i], Some(*rate), "{name}");
         assert_eq!(lrs[i], Some(*lr), "{name}");
         assert!(printed.lines().any(|l| l.contains(name)), "the printed table lacks {name}:\n{printed}");
     }
     for c in ["best_eval_loss", "final_eval_loss", "best_perplexity", "final_perplexity", "final_accuracy", "tokens_per_s", "wall_s"] {
-        assert!(f64s(&csv, c).iter().all(|v| v.is_some_and(f64::is_finite)), "{c} missing: {csv}");
+        assert!(column(&csv, c).iter().all(|v| v.is_some_and(f64::is_finite)), "{c} missing: {csv}");
     }
-    let (best, last) = (f64s(&csv, "best_eval_loss"), f64s(&csv, "final_eval_loss"));
+    let (best, last) = (column(&csv, "best_eval_loss"), column(&csv, "final_eval_loss"));
     for (i, (name, ..)) in RUNS.iter().enumerate() {
         let summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(sweep_dir.join(name).join("summary.json")).unwrap()).unwrap();
@@ -276,7 +267,7 @@ fn valid_sweep_dry_run_and_single_run_report() {
     assert!(o.status.success(), "{}", stderr(&o));
     let csv = read_csv(&run.join("report.csv"));
     assert_eq!(strings(&csv, "run"), vec!["tiny".to_string()]);
-    assert_eq!(f64s(&csv, "steps"), vec![Some(4.0)]);
+    assert_eq!(column(&csv, "steps"), vec![Some(4.0)]);
 
     // A directory without runs is a clear user error.
     let empty = tempfile::tempdir().unwrap();

@@ -5,29 +5,33 @@
 //! passes Ctrl-C on, and never leaves a worker behind.
 //!
 //! The two-process tests start this test binary again, running only the
-//! ignored test `peer`, with `DIST_TEST_ROLE` saying what it does.
-
-mod common;
+//! ignored test `dist::peer`, with `DIST_TEST_ROLE` saying what it does.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{runner, runner_command, stderr, stdout};
 use runner::dist::{Backend, Collective, ProcessGroup, World};
 use tch::{Kind, Tensor};
 
+use crate::common::{assert_error, free_port, runner, runner_command, signal, stderr, stdout};
+
 const ROLE: &str = "DIST_TEST_ROLE";
 
-/// A port that is free now on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
+/// The name libtest gives the test `peer` below: its module path without the
+/// crate (`dist::peer`), which `--exact` must be given.
+fn peer_test() -> String {
+    match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::peer"),
+        None => "peer".to_string(),
+    }
 }
 
 /// Starts this test binary as rank `rank` of two, playing `role`.
 fn start_peer(role: &str, rank: usize, port: u16) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["peer", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .arg(peer_test())
+        .args(["--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env(ROLE, role)
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", "2")
@@ -101,6 +105,16 @@ fn peer() {
     }
 }
 
+/// The two-process tests start `peer` by the name this binary lists it under.
+#[test]
+fn the_peer_test_is_listed_under_the_name_the_pairs_start() {
+    let o = Command::new(std::env::current_exe().unwrap()).args(["--list", "--ignored"]).output().unwrap();
+    assert!(o.status.success(), "{}", both(&o));
+    let listed = stdout(&o);
+    let name = format!("{}: test", peer_test());
+    assert!(listed.lines().any(|l| l == name), "`{name}` is not in:\n{listed}");
+}
+
 /// Runs both ranks of `role` and returns their outputs (rank 0, rank 1).
 fn run_pair(role: &str) -> (Output, Output) {
     let port = free_port();
@@ -160,7 +174,8 @@ fn a_rank_whose_peer_never_comes_fails_within_its_timeout() {
 fn nccl_comes_from_its_own_library_and_needs_a_gpu() {
     let world =
         World { rank: 0, world_size: 1, local_rank: 0, local_world_size: 1, master_addr: "127.0.0.1".into(), master_port: free_port() };
-    let lib = Path::new(env!("CARGO_BIN_EXE_runner")).with_file_name("librunner_nccl.so");
+    // Built into the build script's folder when the torch wheel has CUDA.
+    let lib = Path::new(env!("RUNNER_NCCL_LIBRARY"));
     match ProcessGroup::new(&world, Backend::Nccl, Duration::from_secs(20)) {
         Ok(group) => {
             // A machine with a GPU: one rank's sum is its own tensor.
@@ -219,11 +234,6 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a process this test started (or its child).
-    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill {pid}");
 }
 
 /// `runner launch --nproc-per-node 2` on the tiny recipe, training far longer
@@ -355,9 +365,9 @@ fn launch_runs_every_worker_to_the_end() {
 #[test]
 fn launch_flags_are_checked() {
     let o = runner(&["launch", "--nproc-per-node", "2", "--nnodes", "2", "tests/recipes/tiny.yaml"]);
-    common::assert_error(&o, 2, &["--master-addr is required"]);
+    assert_error(&o, 2, &["--master-addr is required"]);
     let o = runner(&["launch", "--nproc-per-node", "0", "tests/recipes/tiny.yaml"]);
-    common::assert_error(&o, 2, &["--nproc-per-node must be at least 1"]);
+    assert_error(&o, 2, &["--nproc-per-node must be at least 1"]);
     let o = runner(&["launch", "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "2", "--master-addr", "h", "x.yaml"]);
-    common::assert_error(&o, 2, &["--node-rank 2 must be below --nnodes 2"]);
+    assert_error(&o, 2, &["--node-rank 2 must be below --nnodes 2"]);
 }
