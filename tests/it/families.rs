@@ -2,7 +2,8 @@
 //! Hugging Face transformers, against fixtures that
 //! `tests/fixtures/make_family_fixtures.py` made: logits and loss, the loss
 //! and every parameter after three AdamW steps, and an exported checkpoint
-//! loaded back by transformers giving the same logits. Within 1e-4.
+//! loaded back by transformers giving the same logits. Within 1e-4. Then the
+//! model component a recipe gets from its checkpoint's `model_type`.
 //!
 //! The models are built through the plugin libraries beside this test binary
 //! (cargo builds them as dev-dependencies), as the runner builds them: each
@@ -224,3 +225,72 @@ fn roberta_reports_its_usable_length() {
     assert_eq!(DISTILBERT.model().info().unwrap().max_positions, 64);
 }
 
+/// Resolves tests/recipes/tiny.yaml with `sets` (`KEY=VALUE`, as `--set`
+/// takes them), its corpus and output folder made absolute, against the
+/// plugins beside this binary.
+fn resolve(sets: &[String]) -> anyhow::Result<runner::recipe::Recipe> {
+    let out = tempfile::tempdir().unwrap();
+    let mut all = vec![
+        format!("run.output_dir={}", out.path().display()),
+        format!("data.train={}", root().join("tests/fixtures/toy-corpus.txt").display()),
+    ];
+    all.extend(sets.iter().cloned());
+    let overrides: Vec<runner::recipe::Override> = all.iter().map(|s| s.parse().unwrap()).collect();
+    let recipe = root().join("tests/recipes/tiny.yaml");
+    let raw = runner::recipe::load(&recipe, &overrides)?;
+    runner::recipe::resolve(raw, &recipe, &plugins())
+}
+
+/// A checkpoint and, until the runner reads each family's special tokens, the
+/// BERT fixture's tokenizer (no bigger than any fixture's vocabulary).
+fn checkpoint(dir: &Path) -> Vec<String> {
+    vec![
+        format!("model.checkpoint={}", dir.display()),
+        format!("tokenizer.path={}", root().join("tests/fixtures/tiny-bert/tokenizer.json").display()),
+    ]
+}
+
+#[test]
+fn the_checkpoint_model_type_chooses_the_model_component() {
+    for (dir, want) in [
+        ("tiny-bert", "bert"),
+        ("tiny-roberta", "roberta"),
+        ("tiny-xlm-roberta", "roberta"),
+        ("tiny-distilbert", "distilbert"),
+    ] {
+        let recipe = resolve(&checkpoint(&root().join("tests/fixtures").join(dir))).unwrap();
+        assert_eq!(recipe.raw.model.name.as_deref(), Some(want), "{dir}");
+    }
+    // A named model is kept whatever the checkpoint says.
+    let mut sets = checkpoint(&ROBERTA.path());
+    sets.push("model.name=distilbert".into());
+    assert_eq!(resolve(&sets).unwrap().raw.model.name.as_deref(), Some("distilbert"));
+}
+
+#[test]
+fn roberta_sequences_are_checked_against_the_usable_positions() {
+    let mut sets = checkpoint(&ROBERTA.path());
+    sets.push("data.max_seq_len=64".into());
+    resolve(&sets).unwrap();
+    sets.push("data.max_seq_len=65".into());
+    let err = format!("{:#}", resolve(&sets).unwrap_err());
+    assert!(err.contains("data.max_seq_len") && err.contains("64 positions"), "{err}");
+}
+
+#[test]
+fn a_model_type_no_plugin_reads_stops_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(root().join("tests/fixtures/tiny-bert").join(f), tmp.path().join(f)).unwrap();
+    }
+    let config = tmp.path().join("config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["model_type"] = "gpt2".into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    let err = resolve(&checkpoint(tmp.path())).unwrap_err();
+    assert_eq!(runner::error::exit_code(&err), 2);
+    let msg = format!("{err:#}");
+    for needle in ["model.name", "model_type `gpt2`", "installed model plugins", "bert", "roberta", "distilbert"] {
+        assert!(msg.contains(needle), "the message should say `{needle}`:\n{msg}");
+    }
+}
