@@ -87,7 +87,7 @@ impl Masker for LongWordMasker {
 fn build(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Result<Box<dyn Masker>> {
     let opts: LongWordOptions = parse_options(options)?;
     let eligible = (0..vocab.vocab_size)
-        .map(|id| !vocab.is_special[id] && vocab.tokens[id].trim_start_matches("##").chars().count() >= opts.min_chars)
+        .map(|id| !vocab.is_special[id] && vocab.word_marks.bare(&vocab.tokens[id]).chars().count() >= opts.min_chars)
         .collect();
     Ok(Box::new(LongWordMasker { rates, mask_id: vocab.mask_id, eligible, replacements: vocab.replacement_ids() }))
 }
