@@ -15,6 +15,7 @@ mod dist;
 
 mod distributed;
 mod families;
+mod family_runs;
 mod hub;
 mod parity;
 mod plugins;
