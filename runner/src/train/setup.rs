@@ -168,7 +168,7 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     };
     if main {
         tracing::info!(
-            "model: {} parameters on {:?}; {} steps of {} x {} x {} sequences (micro-batch x accumulation x processes), \
+            "model `{name}`: {} parameters on {:?}; {} steps of {} x {} x {} sequences (micro-batch x accumulation x processes), \
              warmup {}; eval on {} sequences ({} masked tokens)",
             info.num_parameters,
             info.device,
