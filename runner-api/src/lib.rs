@@ -511,4 +511,14 @@ impl Registrar {
     pub fn add(&mut self, component: Component) {
         self.components.push(guard::Registered::new(&self.plugin, component));
     }
+
+    /// Declares the `config.json` `model_type`s that the model `name` (added
+    /// before) reads, so a recipe whose checkpoint has one of them gets it
+    /// without naming `model.name`, as `AutoModel` picks a class.
+    pub fn reads_model_types(&mut self, name: &str, model_types: &[&'static str]) {
+        match self.components.iter_mut().find(|c| c.kind == ComponentKind::Model && c.name == name) {
+            Some(c) => c.model_types.extend_from_slice(model_types),
+            None => panic!("reads_model_types: no model `{name}` was added before"),
+        }
+    }
 }

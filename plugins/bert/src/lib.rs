@@ -154,4 +154,5 @@ pub fn register(r: &mut Registrar) {
         check: check_options,
         factory: Factory::Model(build),
     });
+    r.reads_model_types("bert", &["bert"]);
 }

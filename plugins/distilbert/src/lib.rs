@@ -161,6 +161,7 @@ pub fn register(r: &mut Registrar) {
         check: check_options,
         factory: Factory::Model(build),
     });
+    r.reads_model_types("distilbert", &["distilbert"]);
 }
 
 #[cfg(test)]

@@ -227,6 +227,7 @@ pub fn register(r: &mut Registrar) {
         check: check_options,
         factory: Factory::Model(build),
     });
+    r.reads_model_types("roberta", &["roberta", "xlm-roberta"]);
 }
 
 #[cfg(test)]

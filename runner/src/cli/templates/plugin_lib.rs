@@ -1,6 +1,8 @@
 //! The `{{name}}` plugin: a dataset, `{{name}}-records`, and a masking
 //! strategy, `{{name}}-long-words`, as a starting point. Add datasets, maskers,
-//! models or metrics in `register`.
+//! models or metrics in `register`. A model family also says which
+//! `config.json` `model_type`s it reads, so recipes get it from their
+//! checkpoint without naming it: `r.reads_model_types("my-model", &["my_type"])`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
