@@ -125,3 +125,37 @@ fn two_roberta_workers_match_one_process_with_accumulation() {
     let two = run(&["launch", "--nproc-per-node", "2"], &ROBERTA, out.path(), "two", &steps);
     assert_same_run(&one, &two, Within { params: 1e-5, metrics: 1e-6 });
 }
+
+/// A sweep over the four families' checkpoints, then one report that ranks
+/// them by the same eval loss column.
+#[test]
+fn a_sweep_over_families_runs_and_reports() {
+    let out = tempfile::tempdir().unwrap();
+    let template = out.path().join("families.yaml.j2");
+    let fixtures = ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert"];
+    let grid: Vec<String> = fixtures.iter().map(|f| root().join("tests/fixtures").join(f).display().to_string()).collect();
+    std::fs::write(
+        &template,
+        format!(
+            "{{#\ngrid:\n  model.checkpoint: [{}]\n#}}\nrun: {{name: {{{{ sweep.run }}}}, seed: 7}}\n\
+             data: {{train: {}, holdout: 0.2, max_seq_len: 32}}\nmodel: {{checkpoint: {{{{ model.checkpoint }}}}}}\n\
+             masking: {{strategy: whole_word}}\n\
+             training: {{threads: 1, batch_size: 8, max_steps: 4, warmup_steps: 1}}\neval: {{every: 4}}\n\
+             metrics: [loss, perplexity, accuracy]\n",
+            grid.join(", "),
+            root().join("tests/fixtures/toy-corpus.txt").display()
+        ),
+    )
+    .unwrap();
+    let dir = format!("run.output_dir={}", out.path().join("sweeps").display());
+    let o = runner(&["sweep", template.to_str().unwrap(), "--set", &dir]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sweep = out.path().join("sweeps/families");
+    let report = read_csv(&sweep.join("report.csv"));
+    assert_eq!(report.height(), 4, "one row per family:\n{report}");
+    let runs: Vec<String> = report.column("run").unwrap().str().unwrap().into_iter().map(|s| s.unwrap().to_string()).collect();
+    for f in fixtures {
+        assert!(runs.iter().any(|r| r.contains(f)), "{f} in {runs:?}");
+    }
+    assert!(column(&report, "final_eval_loss").iter().all(|l| l.is_some_and(f64::is_finite)), "{report}");
+}
