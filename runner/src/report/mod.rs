@@ -8,6 +8,7 @@
 
 pub mod plot;
 pub mod table;
+pub mod tensorboard;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +31,9 @@ pub struct Row {
     /// fp16: the loss scale after this step, and the steps skipped so far.
     pub loss_scale: Option<f64>,
     pub skipped_steps: Option<u64>,
+    /// The gradients' global norm before clipping, at this step (TensorBoard only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
     /// Eval metric values by name (`eval_loss`, `perplexity`, `accuracy`, ...).
     pub eval: BTreeMap<String, f64>,
 }
@@ -64,6 +68,7 @@ impl MetricsTable {
                 last.tokens_per_s = last.tokens_per_s.or(row.tokens_per_s);
                 last.loss_scale = last.loss_scale.or(row.loss_scale);
                 last.skipped_steps = last.skipped_steps.or(row.skipped_steps);
+                last.grad_norm = last.grad_norm.or(row.grad_norm);
                 last.eval.extend(row.eval);
                 last.elapsed_s = last.elapsed_s.max(row.elapsed_s);
                 return;
