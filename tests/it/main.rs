@@ -19,3 +19,4 @@ mod plugins;
 mod probe;
 mod resume;
 mod sweep;
+mod tensorboard;

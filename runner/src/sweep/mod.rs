@@ -244,6 +244,7 @@ pub fn execute(plan: &Plan, registry: &Registry, overwrite: bool, mut on_done: i
         on_done(i, run, &d);
         done.push(d);
     }
+    write_experiment(plan)?;
     Ok(done)
 }
 
@@ -278,6 +279,38 @@ fn write_manifest(plan: &Plan) -> Result<()> {
         serde_json::to_writer_pretty(&mut *f, &manifest)?;
         Ok(())
     })
+}
+
+/// The common settings listed in TensorBoard's HParams tab beside the swept keys.
+const COMMON_HPARAMS: [&str; 6] = ["model.name", "training.lr", "masking.rate", "training.batch_size", "training.max_steps", "training.epochs"];
+
+/// `tensorboard/` in the sweep directory: the hparams plugin's experiment (the
+/// swept keys, the common settings, the training loss and every eval column
+/// of the first run as metrics), written once the runs are done, so they
+/// compare side by side in the HParams tab.
+fn write_experiment(plan: &Plan) -> Result<()> {
+    use crate::report::tensorboard::{flatten, EventWriter};
+    let Some(first) = plan.runs.first().filter(|r| r.recipe.raw.run.tensorboard) else {
+        return Ok(());
+    };
+    let resolved = flatten(&serde_yaml::to_value(&first.recipe.raw)?);
+    let mut keys: Vec<&str> = plan.axes.iter().map(|a| a.key.as_str()).collect();
+    for k in COMMON_HPARAMS {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let hparams: Vec<_> = keys.iter().filter_map(|k| resolved.iter().find(|(name, _)| name == k).cloned()).collect();
+    let mut metrics: Vec<String> = vec!["train/loss".to_string()];
+    let columns = crate::report::read_columns(&first.recipe.run_dir);
+    metrics.extend(columns.iter().map(|c| format!("eval/{}", c.name)));
+    let dir = plan.dir.join("tensorboard");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| user_msg(format!("cannot replace {}: {e}", dir.display())))?;
+    }
+    let mut tb = EventWriter::create(&dir)?;
+    tb.experiment(&hparams, &metrics)?;
+    tb.flush()
 }
 
 /// The manifest's file name in a sweep directory (`runner report` reads it too).

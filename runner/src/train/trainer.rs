@@ -65,6 +65,8 @@ pub struct Trainer {
     pub state: TrainState,
     /// Seconds this process spent in metrics that run the model themselves.
     pub model_metric_seconds: f64,
+    /// TensorBoard event file (first process, unless `run.tensorboard: false`).
+    pub tensorboard: Option<crate::report::tensorboard::EventWriter>,
 }
 
 /// The dropout key of global micro-batch `index` in a run seeded with `seed`.
@@ -112,9 +114,18 @@ impl Trainer {
     /// Adds a row; the first process writes the tables at once, so a killed
     /// run keeps every row it logged.
     fn push_row(&mut self, row: Row) -> Result<()> {
+        let row_copy = if self.tensorboard.is_some() { row.clone() } else { Row::default() };
         self.table.push(&mut self.state.progress.rows, row);
         if self.is_main() {
             self.table.write(&self.state.progress.rows, &self.folder.path)?;
+        }
+        // An event file that cannot be written (a full disk) is given up with a
+        // warning; the run, its tables and its checkpoints go on.
+        if let Some(tb) = &mut self.tensorboard {
+            if let Err(e) = crate::report::tensorboard::write_row(tb, &row_copy) {
+                tracing::warn!("TensorBoard events no longer written: {e:#}");
+                self.tensorboard = None;
+            }
         }
         Ok(())
     }
@@ -193,8 +204,9 @@ impl Trainer {
             }
             // 4. clip, update (skipped on an inf/NaN gradient under fp16), clear
             let skip = inf_count > 0.0;
+            let mut grad_norm = None;
             if !skip {
-                self.state.optimizer.clip_grad_norm(self.settings.max_grad_norm)?;
+                grad_norm = Some(self.state.optimizer.clip_grad_norm(self.settings.max_grad_norm)?);
                 self.state.optimizer.step(lr)?;
             }
             if let Some(scaler) = &mut self.state.scaler {
@@ -229,6 +241,7 @@ impl Trainer {
                     elapsed_s: started.elapsed().as_secs_f64(),
                     loss_scale: self.state.scaler.as_ref().map(|s| s.value()),
                     skipped_steps: self.state.scaler.as_ref().map(|s| s.skipped),
+                    grad_norm,
                     ..Default::default()
                 };
                 self.push_row(row)?;
@@ -268,6 +281,11 @@ impl Trainer {
         }
         drop(stop);
         bar.finish_and_clear();
+        if let Some(tb) = &mut self.tensorboard {
+            if let Err(e) = tb.session_end(total).and_then(|_| tb.flush()) {
+                tracing::warn!("TensorBoard events not finished: {e:#}");
+            }
+        }
         if self.is_main() {
             let stats = &self.state.progress.stats;
             tracing::info!(
