@@ -30,6 +30,10 @@ fn main() {
     shim("runner_autocast", "cpp/autocast.cpp");
     // Gloo's headers (Debian libgloo-dev) are in the compiler's default path.
     shim("runner_c10d", "cpp/c10d.cpp");
+    // The test binary links plugin crates as rlibs (parity and probe tests call them
+    // directly), and every plugin defines the one exported `RUNNER_PLUGIN_DECLARATION`
+    // the loader looks up in its cdylib. Inside the test binary nothing reads it.
+    println!("cargo:rustc-link-arg-tests=-Wl,--allow-multiple-definition");
     println!("cargo:rustc-link-search=native={}", libtorch.join("lib").display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");

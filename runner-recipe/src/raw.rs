@@ -188,8 +188,11 @@ impl Default for MaskingSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    #[serde(default = "default_model")]
-    pub name: String,
+    /// The model component. Without it: the one that reads the checkpoint's
+    /// `config.json` `model_type` (`bert`; `roberta` for `roberta` and
+    /// `xlm-roberta`; `distilbert`), or `bert` when there is no checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// A Hugging Face model directory. Without it the model is randomly initialised.
     #[serde(default)]
     pub checkpoint: Option<PathBuf>,
@@ -363,9 +366,6 @@ fn default_mask_token_rate() -> f64 {
 }
 fn default_random_token_rate() -> f64 {
     0.1
-}
-fn default_model() -> String {
-    "bert".into()
 }
 fn default_metrics() -> Vec<MetricEntry> {
     vec!["loss".into(), "perplexity".into(), "accuracy".into()]

@@ -12,7 +12,9 @@ mod common;
 mod bad_inputs;
 mod cli;
 mod dist;
+
 mod distributed;
+mod families;
 mod hub;
 mod parity;
 mod plugins;

@@ -1,14 +1,14 @@
 //! The `bert` model component: BERT for masked LM, loaded from a Hugging Face
 //! directory or initialised from a config, and exported back in that format.
 
-pub mod config;
-pub mod dropout;
 pub mod model;
 pub mod weights;
 
+pub use runner_encoder::{config, dropout};
+
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 use tch::nn::VarStore;
 use tch::Tensor;
@@ -17,6 +17,8 @@ use runner_api::{
     parse_options, Component, Factory, MlmBatch, MlmModel, Mode, MlmOutput, ModelInfo, ModelSource, ParamDoc, Parameter,
     Registrar,
 };
+use runner_encoder::layers::MaskedLm;
+use runner_encoder::store;
 
 pub use config::BertConfig;
 pub use model::BertForMaskedLm;
@@ -73,54 +75,10 @@ impl Bert {
     ) -> Result<Self> {
         let (config, raw) = BertConfig::from_file(&dir.join("config.json"))?;
         let config = config.with_overrides(overrides)?;
-        let weights = dir.join("model.safetensors");
-        if !weights.is_file() {
-            anyhow::bail!("{}: no model.safetensors in this model directory", dir.display());
-        }
         let mut bert = Bert::from_config(config, device);
         bert.source_config = Some(raw);
-        let report = weights::load_into(&bert.vs.variables(), &weights)?;
-        let refused: Vec<&String> = report.missing.iter().filter(|n| !weights::may_start_fresh(n, allow_missing)).collect();
-        if !refused.is_empty() {
-            let unexpected = if report.unexpected.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "\n  {} unexpected tensor(s) in the file (renamed, or layers the config lacks):\n    {}",
-                    report.unexpected.len(),
-                    report.unexpected.join("\n    ")
-                )
-            };
-            anyhow::bail!(
-                "{} does not match {} (num_hidden_layers {}):\n  {} model tensor(s) missing from the file, which would \
-                 start from random values:\n    {}{unexpected}\n  fix config.json, or let them start fresh with \
-                 model.options.allow_missing: [names or prefixes]",
-                weights.display(),
-                dir.join("config.json").display(),
-                bert.config.num_hidden_layers,
-                report.missing.len(),
-                report.missing.join("\n    "),
-            );
-        }
-        // A plugin's `tracing` is its own copy, with no subscriber: these go to
-        // stderr directly, so the user sees them as transformers users do.
-        if !report.missing.is_empty() {
-            eprintln!(
-                "warning: {} tensors not in {} were newly initialised: {}",
-                report.missing.len(),
-                weights.display(),
-                report.missing.join(", ")
-            );
-        }
-        if !report.unexpected.is_empty() {
-            eprintln!(
-                "warning: {} tensors in {} have no place in this model (config.json: {} layers) and are ignored: {}",
-                report.unexpected.len(),
-                weights.display(),
-                bert.config.num_hidden_layers,
-                report.unexpected.join(", ")
-            );
-        }
+        let depth = ("num_hidden_layers", bert.config.num_hidden_layers);
+        weights::load_checked(&bert.vs.variables(), dir, &weights::NAMING, allow_missing, depth)?;
         Ok(bert)
     }
 }
@@ -141,32 +99,11 @@ impl MlmModel for Bert {
     }
 
     fn parameters(&self) -> Result<Vec<Parameter>> {
-        let mut vars: Vec<Parameter> = Vec::new();
-        let named = self.vs.variables();
-        let no_decay = no_decay_set(&self.vs);
-        let mut names: Vec<&String> = named.keys().collect();
-        names.sort();
-        for name in names {
-            vars.push(Parameter {
-                name: name.clone(),
-                tensor: named[name].shallow_clone(),
-                decay: !no_decay.contains(name.as_str()),
-            });
-        }
-        Ok(vars)
+        Ok(store::parameters(&self.vs))
     }
 
     fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let named = self.vs.variables();
-        let mut tensors: Vec<(String, Tensor)> =
-            named.into_iter().map(|(n, t)| (n, t.detach())).collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        weights::write(&tensors, &dir.join("model.safetensors"))?;
-        let cfg = self.config.to_hf_json(self.source_config.as_ref());
-        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)? + "\n")
-            .with_context(|| format!("cannot write {}", dir.join("config.json").display()))?;
-        Ok(())
+        store::save_pretrained(&self.vs, &self.config.to_hf_json(self.source_config.as_ref()), dir)
     }
 
     fn info(&self) -> Result<ModelInfo> {
@@ -174,28 +111,9 @@ impl MlmModel for Bert {
             device: self.vs.device(),
             vocab_size: self.config.vocab_size,
             max_positions: self.config.max_position_embeddings,
-            num_parameters: self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum(),
+            num_parameters: store::num_parameters(&self.vs),
         })
     }
-}
-
-/// Names of the variables created in the no-decay group.
-fn no_decay_set(vs: &VarStore) -> std::collections::HashSet<String> {
-    // tch records the group of each trainable variable; names come from the
-    // variable map. Both refer to the same storage, so match on data pointers.
-    let named = vs.variables();
-    let inner = vs.variables_.lock().expect("var store lock");
-    let no_decay_ptrs: std::collections::HashSet<usize> = inner
-        .trainable_variables
-        .iter()
-        .filter(|v| v.group == model::NO_DECAY)
-        .map(|v| v.tensor.data_ptr() as usize)
-        .collect();
-    named
-        .iter()
-        .filter(|(_, t)| no_decay_ptrs.contains(&(t.data_ptr() as usize)))
-        .map(|(n, _)| n.clone())
-        .collect()
 }
 
 fn check_options(options: &runner_api::Options) -> Result<()> {

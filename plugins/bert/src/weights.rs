@@ -1,28 +1,24 @@
-//! Reading and writing Hugging Face `model.safetensors` for BERT.
-//!
-//! Reading accepts checkpoints saved from `BertModel` (no `bert.` prefix, no MLM
-//! head), `BertForMaskedLM` and `BertForPreTraining`, and old TF-style
-//! `LayerNorm.gamma/beta` names. Writing uses transformers' names and metadata.
+//! BERT's checkpoint names. Reading accepts checkpoints saved from `BertModel`
+//! (no `bert.` prefix, no MLM head), `BertForMaskedLM` and
+//! `BertForPreTraining`, and old TF-style `LayerNorm.gamma/beta` names; the
+//! matching itself is `runner_encoder::weights`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use runner_encoder::weights::Naming;
 
-use anyhow::{bail, Context, Result};
-use safetensors::tensor::{Dtype, View};
-use tch::{Kind, Tensor};
+pub use runner_encoder::weights::{load_checked, load_into, write, LoadReport};
 
-/// How a checkpoint's tensors matched the model, as transformers reports it.
-#[derive(Debug, Default)]
-pub struct LoadReport {
-    /// Model tensors the checkpoint lacks: they keep their fresh initialisation.
-    pub missing: Vec<String>,
-    /// Checkpoint tensors with a place in `BertForMaskedLM` that this model
-    /// (as its config describes it) has no variable for: a renamed tensor, or a
-    /// layer beyond `num_hidden_layers`.
-    pub unexpected: Vec<String>,
-    /// Checkpoint tensors that `BertForMaskedLM` never uses (pooler, NSP head,
-    /// the tied decoder weight, position ids).
-    pub unused: Vec<String>,
+/// How BERT checkpoints name their tensors.
+pub const NAMING: Naming = Naming {
+    canonical: canonical_name,
+    twins: &["cls.predictions.decoder.bias"],
+    base: "bert.",
+    head: &["cls."],
+};
+
+/// Whether a missing tensor may start fresh: the MLM head (`cls.`), or what
+/// `allow` names (with or without the leading `bert.`).
+pub fn may_start_fresh(name: &str, allow: &[String]) -> bool {
+    runner_encoder::weights::may_start_fresh(name, allow, &NAMING)
 }
 
 /// Maps a checkpoint tensor name to this model's name, or `None` when the
@@ -44,105 +40,6 @@ fn canonical_name(name: &str) -> Option<String> {
     (!ignored).then_some(name)
 }
 
-/// Copies checkpoint tensors into the model's variables, by name. Every shape
-/// that differs from the model's is listed in one error; names are matched as
-/// [`LoadReport`] says.
-pub fn load_into(vars: &HashMap<String, Tensor>, path: &Path) -> Result<LoadReport> {
-    let tensors = Tensor::read_safetensors(path)
-        .with_context(|| format!("cannot read safetensors file {}", path.display()))?;
-    let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
-    let mut report = LoadReport::default();
-    for (name, t) in tensors {
-        match canonical_name(&name) {
-            Some(n) if vars.contains_key(&n) => {
-                // Prefer cls.predictions.bias over its tied decoder.bias twin.
-                if name != "cls.predictions.decoder.bias" || !by_name.contains_key(&n) {
-                    by_name.insert(n, t);
-                }
-            }
-            Some(_) => report.unexpected.push(name),
-            None => report.unused.push(name),
-        }
-    }
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    let mut wrong_shape = Vec::new();
-    for name in names {
-        match by_name.get(name) {
-            Some(src) if src.size() != vars[name].size() => {
-                wrong_shape.push(format!("`{name}` has shape {:?}, the model config expects {:?}", src.size(), vars[name].size()));
-            }
-            Some(_) => {}
-            None => report.missing.push(name.clone()),
-        }
-    }
-    if !wrong_shape.is_empty() {
-        bail!("{}: {} tensor(s) do not fit config.json:\n  {}", path.display(), wrong_shape.len(), wrong_shape.join("\n  "));
-    }
-    tch::no_grad(|| -> Result<()> {
-        for (name, src) in &by_name {
-            let mut var = vars[name].shallow_clone();
-            var.f_copy_(&src.f_to_kind(Kind::Float)?.f_to_device(var.device())?)?;
-        }
-        Ok(())
-    })?;
-    report.unexpected.sort();
-    report.unused.sort();
-    Ok(report)
-}
-
-/// Whether a missing tensor may start from its fresh initialisation: the MLM
-/// head (`cls.`) always may (checkpoints saved from `BertModel` have none);
-/// anything else only when `allow` names it or a prefix of it (with or
-/// without the leading `bert.`).
-pub fn may_start_fresh(name: &str, allow: &[String]) -> bool {
-    let short = name.strip_prefix("bert.").unwrap_or(name);
-    name.starts_with("cls.") || allow.iter().any(|a| !a.is_empty() && (name.starts_with(a.as_str()) || short.starts_with(a.as_str())))
-}
-
-/// A CPU float32 copy of a tensor, as safetensors wants it.
-struct F32View {
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-impl F32View {
-    fn new(t: &Tensor) -> Result<Self> {
-        let t = t.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
-        let n = t.numel();
-        let mut values = vec![0f32; n];
-        t.f_copy_data(&mut values, n)?;
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Ok(F32View { shape: t.size().iter().map(|&d| d as usize).collect(), bytes })
-    }
-}
-
-impl View for &F32View {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
-/// Writes named tensors as float32 safetensors with transformers' `format: pt` metadata.
-pub fn write(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let views: Vec<(String, F32View)> = tensors
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), F32View::new(t)?)))
-        .collect::<Result<_>>()?;
-    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    safetensors::tensor::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), metadata, path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -23,7 +23,7 @@ pub fn validate(args: &RecipeArgs) -> Result<()> {
         "{}: ok (run `{}`, model `{}`, dataset `{}`, masking `{}`, metrics {})",
         args.recipe.display(),
         r.raw.run.name,
-        r.raw.model.name,
+        r.raw.model.name.as_deref().unwrap_or("(from the checkpoint's config.json once downloaded)"),
         r.dataset,
         r.raw.masking.strategy,
         r.raw.metrics.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")

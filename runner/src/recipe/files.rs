@@ -104,7 +104,54 @@ pub fn output_dir(p: &mut Problems, dir: &Path, run_dir: &Path) {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ModelLimits {
     pub vocab_size: Option<i64>,
+    /// The longest sequence the model takes: `max_position_embeddings`, less
+    /// `padding_idx + 1` for RoBERTa-style positions (which start after it).
     pub max_positions: Option<i64>,
+    /// Whether positions start after `padding_idx` (RoBERTa, XLM-RoBERTa).
+    pub positions_after_padding: bool,
+}
+
+/// Which model component reads a checkpoint, by its `config.json` `model_type`.
+pub const MODEL_TYPES: &[(&str, &str)] =
+    &[("bert", "bert"), ("roberta", "roberta"), ("xlm-roberta", "roberta"), ("distilbert", "distilbert")];
+
+/// `model_type`s whose positions start at `padding_idx + 1`.
+const POSITIONS_AFTER_PADDING: &[&str] = &["roberta", "xlm-roberta"];
+
+/// A `config.json`'s `model_type`: `bert` when it has none (older BERT
+/// checkpoints), `None` when the file does not read as a JSON object (the
+/// model folder's check reports that).
+pub fn model_type(config: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let map = value.as_object()?;
+    Some(map.get("model_type").and_then(serde_json::Value::as_str).unwrap_or("bert").to_string())
+}
+
+/// The model component for a checkpoint whose `config.json` is `config`: the
+/// installed one that reads its `model_type` ([`MODEL_TYPES`]). `Ok(None)`
+/// when the config does not read (reported by [`model_folder`]).
+pub fn model_for_checkpoint(config: &Path, registry: &crate::registry::Registry) -> Result<Option<String>, String> {
+    let Some(model_type) = model_type(config) else { return Ok(None) };
+    let installed: Vec<&str> = registry
+        .entries()
+        .iter()
+        .filter(|e| e.component.kind == runner_api::ComponentKind::Model)
+        .map(|e| e.component.name)
+        .collect();
+    match MODEL_TYPES.iter().find(|(t, _)| *t == model_type) {
+        Some((_, name)) if installed.contains(name) => Ok(Some(name.to_string())),
+        found => Err(format!(
+            "{}: model_type `{model_type}` is read by no installed model plugin ({}; installed model plugins: {}); \
+             install one, or name the model with model.name",
+            config.display(),
+            match found {
+                Some((_, name)) => format!("it needs `{name}`"),
+                None => format!("known model types: {}", MODEL_TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")),
+            },
+            if installed.is_empty() { "none".to_string() } else { installed.join(", ") },
+        )),
+    }
 }
 
 /// A local model folder: `config.json` parses as a JSON object, `model.safetensors`
@@ -140,7 +187,20 @@ pub fn model_folder(p: &mut Problems, dir: &Path, overrides: Option<&serde_yaml:
                     let over = overrides.and_then(|o| o.get(name)).and_then(serde_yaml::Value::as_i64);
                     over.or_else(|| map.get(name).and_then(serde_json::Value::as_i64))
                 };
-                limits = ModelLimits { vocab_size: field("vocab_size"), max_positions: field("max_position_embeddings") };
+                let after_padding = map
+                    .get("model_type")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|t| POSITIONS_AFTER_PADDING.contains(&t));
+                // RoBERTa's positions run from padding_idx + 1 (514 embeddings take 512 tokens).
+                let max_positions = match field("max_position_embeddings") {
+                    Some(n) if after_padding => Some(n - field("pad_token_id").unwrap_or(1) - 1),
+                    n => n,
+                };
+                limits = ModelLimits {
+                    vocab_size: field("vocab_size"),
+                    max_positions,
+                    positions_after_padding: after_padding,
+                };
             }
             Ok(_) => p.push(key, format!("{}: is not a JSON object", config.display())),
         }

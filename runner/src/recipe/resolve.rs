@@ -111,11 +111,25 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
 
     // model and tokenizer
     let m = &raw.model;
-    match registry.get(ComponentKind::Model, &m.name) {
-        Err(e) => p.push("model.name", e),
-        Ok(c) => {
-            if let Err(e) = (c.component.check)(&m.options) {
-                p.push("model.options", format!("{e:#}"));
+    let hub_model = m.checkpoint.as_deref().is_some_and(|c| crate::hub::as_hub(c).is_some());
+    // The model component: the one named, else the one that reads the local
+    // checkpoint's model_type (an hf:// checkpoint's once it is downloaded), else bert.
+    let model_name = match (&m.name, &m.checkpoint) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(_)) if hub_model => None,
+        (None, Some(dir)) => files::model_for_checkpoint(&dir.join("config.json"), registry).unwrap_or_else(|e| {
+            p.push("model.name", e);
+            None
+        }),
+        (None, None) => Some("bert".to_string()),
+    };
+    if let Some(name) = &model_name {
+        match registry.get(ComponentKind::Model, name) {
+            Err(e) => p.push("model.name", e),
+            Ok(c) => {
+                if let Err(e) = (c.component.check)(&m.options) {
+                    p.push("model.options", format!("{e:#}"));
+                }
             }
         }
     }
@@ -135,10 +149,14 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
     }
     if let Some(positions) = limits.max_positions {
         p.check(d.max_seq_len as i64 <= positions, "data.max_seq_len", || {
-            format!("{} is longer than the model's {positions} positions (max_position_embeddings)", d.max_seq_len)
+            let from = if limits.positions_after_padding {
+                "max_position_embeddings less padding_idx + 1, where positions start"
+            } else {
+                "max_position_embeddings"
+            };
+            format!("{} is longer than the model's {positions} positions ({from})", d.max_seq_len)
         });
     }
-    let hub_model = m.checkpoint.as_deref().is_some_and(|c| crate::hub::as_hub(c).is_some());
     let tokenizer = match (&raw.tokenizer.path, &m.checkpoint) {
         (Some(t), _) => {
             if t.is_file() {
@@ -208,6 +226,9 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
         )));
     }
 
+    let mut raw = raw;
+    // Written to the run folder as chosen, so a resume builds the same model.
+    raw.model.name = model_name;
     Ok(Recipe {
         run_dir,
         source: source.to_path_buf(),

@@ -125,12 +125,14 @@ where
     let loss: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, loss_name)).collect();
     let ppl: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, lm)).collect();
     let names: Vec<&str> = runs.runs.iter().map(|r| r.name.as_str()).collect();
-    panel(&panels[0], &format!("{loss_name} vs step"), loss_name, &loss, &names, false)?;
+    // Axis labels in words: `eval_loss` reads "eval loss".
+    let words = |column: &str| column.replace('_', " ");
+    panel(&panels[0], &format!("{} vs step", words(loss_name)), &words(loss_name), &loss, &names, false)?;
     // Log scale only where perplexities span more than a decade (fresh heads start high).
     let (lo, hi) = ppl.iter().flatten().fold((f64::MAX, f64::MIN), |(lo, hi), &(_, y)| (lo.min(y), hi.max(y)));
     let log = lo > 0.0 && hi / lo > 10.0;
-    let title = if log { format!("{lm} vs step (log scale)") } else { format!("{lm} vs step") };
-    panel(&panels[1], &title, lm, &ppl, &names, log)?;
+    let title = if log { format!("{} vs step (log scale)", words(lm)) } else { format!("{} vs step", words(lm)) };
+    panel(&panels[1], &title, &words(lm), &ppl, &names, log)?;
     if let Some(column) = probe {
         let acc: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, &column)).collect();
         panel(&panels[2], &format!("{column} vs step"), &column, &acc, &names, false)?;

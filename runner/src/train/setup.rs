@@ -121,7 +121,15 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
         device,
         compute: recipe.precision.compute_kind(),
     };
-    let model = components::model(registry, &model_section.name, &source)?;
+    // An hf:// checkpoint's model component is known once its config.json is here.
+    let name = match (&model_section.name, &sources.checkpoint) {
+        (Some(name), _) => name.clone(),
+        (None, Some(dir)) => crate::recipe::files::model_for_checkpoint(&dir.join("config.json"), registry)
+            .map_err(|e| user_msg(format!("model.name: {e}")))?
+            .ok_or_else(|| user_msg(format!("model.checkpoint: {} has no readable config.json", dir.display())))?,
+        (None, None) => "bert".to_string(),
+    };
+    let model = components::model(registry, &name, &source)?;
     let info = model.info()?;
     if (vocab.vocab_size as i64) > info.vocab_size {
         bail!(user_msg(format!(

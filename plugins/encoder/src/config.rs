@@ -1,8 +1,11 @@
-//! `BertConfig`: the Hugging Face `config.json` of a BERT model, with named presets.
+//! `BertConfig`: the Hugging Face `config.json` of a BERT model, with named
+//! presets. RoBERTa and XLM-RoBERTa configs have the same fields (other
+//! defaults), so the `roberta` plugin reads them with it too.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Mirrors `transformers.BertConfig`. `Default` is bert-base-uncased.
@@ -111,34 +114,29 @@ impl BertConfig {
     /// Reads `config.json` from a Hugging Face model directory. Keys this model
     /// does not use (architectures, model_type, ...) are ignored, as transformers does.
     pub fn from_file(path: &Path) -> Result<(Self, serde_json::Value)> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let raw: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
-        let cfg: BertConfig = serde_json::from_value(raw.clone())
-            .with_context(|| format!("{}: not a BERT config", path.display()))?;
-        if let Some(t) = raw.get("model_type").and_then(|t| t.as_str()) {
-            if t != "bert" {
-                bail!("{}: model_type is `{t}`, this model reads `bert`", path.display());
-            }
+        BertConfig::from_file_of(path, &["bert"], BertConfig::default())
+    }
+
+    /// [`BertConfig::from_file`] for a family whose `model_type` is one of
+    /// `model_types`, with `defaults` for the keys the file leaves out.
+    pub fn from_file_of(path: &Path, model_types: &[&str], defaults: BertConfig) -> Result<(Self, serde_json::Value)> {
+        let raw = read_json(path, model_types)?;
+        let Some(fields) = raw.as_object() else {
+            bail!("{}: not a {} config (not a JSON object)", path.display(), model_types.join(" or "));
+        };
+        let mut value = serde_json::to_value(&defaults)?;
+        for (k, x) in fields.iter().filter(|(k, _)| CONFIG_FIELDS.contains(&k.as_str())) {
+            value[k.as_str()] = x.clone();
         }
+        let cfg: BertConfig = serde_json::from_value(value)
+            .with_context(|| format!("{}: not a {} config", path.display(), model_types.join(" or ")))?;
         cfg.check().with_context(|| format!("{}", path.display()))?;
         Ok((cfg, raw))
     }
 
     /// Applies `key: value` overrides (from the recipe) on top of this config.
     pub fn with_overrides(&self, overrides: &serde_yaml::Mapping) -> Result<Self> {
-        let mut value = serde_json::to_value(self)?;
-        for (k, v) in overrides {
-            let key = k.as_str().context("config override keys must be strings")?;
-            if !CONFIG_FIELDS.contains(&key) {
-                bail!("config.{key}: unknown BERT config field (known: {})", CONFIG_FIELDS.join(", "));
-            }
-            let v: serde_json::Value = serde_yaml::from_value(v.clone())
-                .with_context(|| format!("config.{key}: not a plain value"))?;
-            value[key] = v;
-        }
-        let cfg: BertConfig = serde_json::from_value(value).context("config: wrong type in an override")?;
+        let cfg: BertConfig = with_overrides(self, overrides, CONFIG_FIELDS, "BERT")?;
         cfg.check()?;
         Ok(cfg)
     }
@@ -172,9 +170,30 @@ impl BertConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// Sizes, activation and dropout of the encoder's layers.
+    pub fn dims(&self) -> crate::layers::Dims {
+        crate::layers::Dims {
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            intermediate: self.intermediate_size,
+            act: self.hidden_act.clone(),
+            hidden_dropout: self.hidden_dropout_prob,
+            attention_dropout: self.attention_probs_dropout_prob,
+            attention_output_dropout: self.hidden_dropout_prob,
+            layer_norm_eps: self.layer_norm_eps,
+            initializer_range: self.initializer_range,
+        }
+    }
+
     /// The `config.json` written next to exported weights: the source config's
     /// extra keys kept, this config's values and the MLM architecture on top.
     pub fn to_hf_json(&self, base: Option<&serde_json::Value>) -> serde_json::Value {
+        self.to_hf_json_as(base, "BertForMaskedLM", "bert")
+    }
+
+    /// [`BertConfig::to_hf_json`] for another family of the same layout
+    /// (`RobertaForMaskedLM`, `roberta`).
+    pub fn to_hf_json_as(&self, base: Option<&serde_json::Value>, architecture: &str, model_type: &str) -> serde_json::Value {
         let mut out = match base {
             Some(serde_json::Value::Object(m)) => serde_json::Value::Object(m.clone()),
             _ => serde_json::json!({}),
@@ -184,12 +203,47 @@ impl BertConfig {
             for (k, v) in s {
                 o.insert(k.clone(), v.clone());
             }
-            o.insert("architectures".into(), serde_json::json!(["BertForMaskedLM"]));
-            o.insert("model_type".into(), serde_json::json!("bert"));
+            o.insert("architectures".into(), serde_json::json!([architecture]));
+            o.insert("model_type".into(), serde_json::json!(model_type));
             o.insert("position_embedding_type".into(), serde_json::json!("absolute"));
             o.insert("torch_dtype".into(), serde_json::json!("float32"));
             o.remove("dtype");
         }
         out
     }
+}
+
+/// `config` with `key: value` overrides (from the recipe) applied; `fields`
+/// are the keys a recipe may override, `family` names the config in messages.
+pub fn with_overrides<T: Serialize + DeserializeOwned>(
+    config: &T,
+    overrides: &serde_yaml::Mapping,
+    fields: &[&str],
+    family: &str,
+) -> Result<T> {
+    let mut value = serde_json::to_value(config)?;
+    for (k, v) in overrides {
+        let key = k.as_str().context("config override keys must be strings")?;
+        if !fields.contains(&key) {
+            bail!("config.{key}: unknown {family} config field (known: {})", fields.join(", "));
+        }
+        let v: serde_json::Value =
+            serde_yaml::from_value(v.clone()).with_context(|| format!("config.{key}: not a plain value"))?;
+        value[key] = v;
+    }
+    serde_json::from_value(value).context("config: wrong type in an override")
+}
+
+/// Reads a `config.json` as a JSON object, checking its `model_type` against
+/// `model_types` when it has one.
+pub fn read_json(path: &Path, model_types: &[&str]) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    if let Some(t) = raw.get("model_type").and_then(|t| t.as_str()) {
+        if !model_types.contains(&t) {
+            bail!("{}: model_type is `{t}`, this model reads `{}`", path.display(), model_types.join("`, `"));
+        }
+    }
+    Ok(raw)
 }
