@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use runner_api::{ColumnSpec, Metric, ModelSource};
 
 use super::checkpoint::{self, GlobalBatch};
+use super::events::RunEvents;
 use super::optimizer::{AdamW, AdamWConfig};
 use super::resume;
 use super::run_dir::{RunDir, Start};
@@ -25,7 +26,6 @@ use crate::precision::ComputeKind;
 use crate::recipe::raw::Precision;
 use crate::recipe::{Recipe, TrainLength, Warmup};
 use crate::registry::Registry;
-use crate::report::tensorboard::{self, EventWriter};
 use crate::report::MetricsTable;
 use crate::{components, device, dist};
 
@@ -223,7 +223,7 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
             scaler: fp16.then(|| LossScaler::new(ScalerConfig::default(), info.device)),
         },
         model_metric_seconds: 0.0,
-        tensorboard: None,
+        events: RunEvents::off(),
     };
     if let Some(dir) = resume_from {
         trainer.restore(&checkpoint::load(&dir)?)?;
@@ -234,27 +234,12 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
         trainer.share_state()?;
     }
     if main && recipe.raw.run.tensorboard {
-        trainer.tensorboard = Some(tensorboard_file(recipe, trainer.state.progress.step)?);
+        trainer.events = RunEvents::open(recipe, trainer.state.progress.step)?;
     }
     if main {
         tracing::info!("ready to train {:.2}s after start", started.elapsed().as_secs_f64());
     }
     Ok(Built { trainer, tokenizer: sources.tokenizer, steps_per_epoch, parameters: info.num_parameters, columns })
-}
-
-/// A new event file in `<run>/tensorboard/`. A fresh run's opens with its
-/// hyperparameters (the resolved recipe, flattened); a resumed run's with a
-/// session start at the first step it trains, so TensorBoard drops what an
-/// earlier file holds for the steps the run now trains again.
-fn tensorboard_file(recipe: &Recipe, step: u64) -> Result<EventWriter> {
-    let mut tb = EventWriter::create(&recipe.run_dir.join("tensorboard"))?;
-    if step > 0 {
-        tb.session_start(step + 1)?;
-    } else {
-        tb.hparams(&tensorboard::flatten(&serde_yaml::to_value(&recipe.raw)?))?;
-    }
-    tb.flush()?;
-    Ok(tb)
 }
 
 /// The checkpoint a resume continues from: the newest complete one. With none,

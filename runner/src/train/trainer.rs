@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use runner_api::{Metric, MlmModel, Mode};
 
 use super::checkpoint::{self, GlobalBatch};
+use super::events::RunEvents;
 use super::run_dir::RunDir;
 use super::schedule::LrSchedule;
 use super::signals::{Interrupted, StopRequests};
@@ -65,8 +66,8 @@ pub struct Trainer {
     pub state: TrainState,
     /// Seconds this process spent in metrics that run the model themselves.
     pub model_metric_seconds: f64,
-    /// TensorBoard event file (first process, unless `run.tensorboard: false`).
-    pub tensorboard: Option<crate::report::tensorboard::EventWriter>,
+    /// The TensorBoard event file (first process, unless `run.tensorboard: false`).
+    pub events: RunEvents,
 }
 
 /// The dropout key of global micro-batch `index` in a run seeded with `seed`.
@@ -112,21 +113,14 @@ impl Trainer {
     }
 
     /// Adds a row; the first process writes the tables at once, so a killed
-    /// run keeps every row it logged.
+    /// run keeps every row it logged, and then the row's TensorBoard scalars.
     fn push_row(&mut self, row: Row) -> Result<()> {
-        let row_copy = if self.tensorboard.is_some() { row.clone() } else { Row::default() };
+        let (step, scalars) = (row.step, self.events.scalars_of(&row));
         self.table.push(&mut self.state.progress.rows, row);
         if self.is_main() {
             self.table.write(&self.state.progress.rows, &self.folder.path)?;
         }
-        // An event file that cannot be written (a full disk) is given up with a
-        // warning; the run, its tables and its checkpoints go on.
-        if let Some(tb) = &mut self.tensorboard {
-            if let Err(e) = crate::report::tensorboard::write_row(tb, &row_copy) {
-                tracing::warn!("TensorBoard events no longer written: {e:#}");
-                self.tensorboard = None;
-            }
-        }
+        self.events.scalars(step, &scalars);
         Ok(())
     }
 
@@ -281,11 +275,7 @@ impl Trainer {
         }
         drop(stop);
         bar.finish_and_clear();
-        if let Some(tb) = &mut self.tensorboard {
-            if let Err(e) = tb.session_end(total).and_then(|_| tb.flush()) {
-                tracing::warn!("TensorBoard events not finished: {e:#}");
-            }
-        }
+        self.events.finish(total);
         if self.is_main() {
             let stats = &self.state.progress.stats;
             tracing::info!(
@@ -309,6 +299,15 @@ impl Trainer {
                     None => String::new(),
                 }
             );
+            let events = &self.events;
+            if events.written > 0 {
+                tracing::debug!(
+                    "TensorBoard: {} events written in {:.1} ms, {:.4}% of the training loop's wall time",
+                    events.written,
+                    1e3 * events.seconds,
+                    100.0 * events.seconds / started.elapsed().as_secs_f64().max(1e-9)
+                );
+            }
         }
         Ok(())
     }

@@ -2,12 +2,10 @@
 //! `tensorboard/` folder, read by `tensorboard --logdir results` (and by W&B's
 //! `wandb sync --sync-tensorboard`).
 //!
-//! A file is a sequence of TFRecords (little-endian u64 length, masked CRC-32C of
-//! the length, the payload, masked CRC-32C of the payload), each payload one
-//! `tensorflow.Event` protobuf message. The few messages and fields written here
-//! are encoded by hand (field numbers from TensorBoard's `event.proto`,
-//! `summary.proto` and the hparams plugin's `plugin_data.proto` / `api.proto`),
-//! which needs neither `protoc` nor a protobuf crate.
+//! Each record of a file is one `tensorflow.Event` message ([`encoding`]: the
+//! framing and the field writer). The fields written are listed below once,
+//! with their numbers from TensorBoard's `event.proto`, `summary.proto` and the
+//! hparams plugin's `plugin_data.proto` / `api.proto`.
 
 use std::fs::File;
 use std::io::Write;
@@ -16,98 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), one table lookup per byte.
-pub fn crc32c(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc = TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    !crc
-}
-
-/// The CRC as TFRecord stores it: rotated and offset, so that a CRC of data
-/// holding CRCs stays well distributed.
-pub fn masked_crc32c(bytes: &[u8]) -> u32 {
-    let crc = crc32c(bytes);
-    ((crc >> 15) | (crc << 17)).wrapping_add(0xA282_EAD8)
-}
-
-/// One TFRecord around `payload`.
-pub fn record(payload: &[u8]) -> Vec<u8> {
-    let len = (payload.len() as u64).to_le_bytes();
-    let mut out = Vec::with_capacity(payload.len() + 16);
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&masked_crc32c(&len).to_le_bytes());
-    out.extend_from_slice(payload);
-    out.extend_from_slice(&masked_crc32c(payload).to_le_bytes());
-    out
-}
-
-/// A protobuf message being encoded: fields appended in any order.
-#[derive(Default, Clone)]
-pub struct Message(Vec<u8>);
-
-impl Message {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-    fn key(&mut self, field: u32, wire: u8) {
-        self.varint(((field as u64) << 3) | wire as u64);
-    }
-    /// An int32/int64/enum/bool field (wire type 0).
-    pub fn int(mut self, field: u32, v: i64) -> Self {
-        self.key(field, 0);
-        self.varint(v as u64);
-        self
-    }
-    /// A double field (wire type 1).
-    pub fn double(mut self, field: u32, v: f64) -> Self {
-        self.key(field, 1);
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    /// A float field (wire type 5).
-    pub fn float(mut self, field: u32, v: f32) -> Self {
-        self.key(field, 5);
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    /// A string, bytes or embedded-message field (wire type 2).
-    pub fn bytes(mut self, field: u32, v: &[u8]) -> Self {
-        self.key(field, 2);
-        self.varint(v.len() as u64);
-        self.0.extend_from_slice(v);
-        self
-    }
-    pub fn string(self, field: u32, v: &str) -> Self {
-        self.bytes(field, v.as_bytes())
-    }
-    pub fn message(self, field: u32, m: &Message) -> Self {
-        self.bytes(field, &m.0)
-    }
-    pub fn encoded(&self) -> &[u8] {
-        &self.0
-    }
-}
+mod encoding;
+use encoding::{record, Message};
 
 // tensorflow.Event
 const EVENT_WALL_TIME: u32 = 1;
@@ -131,6 +39,9 @@ const HPARAMS_EXPERIMENT: u32 = 2;
 const HPARAMS_SESSION_START_INFO: u32 = 3;
 const HPARAMS_SESSION_END_INFO: u32 = 4;
 const START_INFO_HPARAMS: u32 = 1;
+// a map<string, Value> entry
+const MAP_ENTRY_KEY: u32 = 1;
+const MAP_ENTRY_VALUE: u32 = 2;
 const START_INFO_START_TIME: u32 = 5;
 const END_INFO_STATUS: u32 = 1;
 const END_INFO_END_TIME: u32 = 2;
@@ -213,6 +124,11 @@ impl EventWriter {
                 Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
             }
         };
+        EventWriter::start(file, path)
+    }
+
+    /// Writes the `file_version` event into a new file.
+    fn start(file: File, path: PathBuf) -> Result<Self> {
         let mut w = EventWriter { file, path };
         let version = Message::default().double(EVENT_WALL_TIME, now()).int(EVENT_STEP, 0).string(EVENT_FILE_VERSION, "brain.Event:2");
         w.write_event(&version)?;
@@ -233,8 +149,8 @@ impl EventWriter {
         self.write_event(&event)
     }
 
-    /// Scalars `(tag, value)` at `step`, in one event.
-    pub fn scalars(&mut self, step: u64, wall_time: f64, values: &[(String, f64)]) -> Result<()> {
+    /// Scalars `(tag, value)` at `step`, in one event stamped with the time now.
+    pub fn scalars(&mut self, step: u64, values: &[(String, f64)]) -> Result<()> {
         if values.is_empty() {
             return Ok(());
         }
@@ -243,7 +159,7 @@ impl EventWriter {
             let value = Message::default().string(VALUE_TAG, tag).float(VALUE_SIMPLE_VALUE, *v as f32);
             summary = summary.message(SUMMARY_VALUE, &value);
         }
-        self.summary_event(step, wall_time, &summary)
+        self.summary_event(step, now(), &summary)
     }
 
     /// A session start at `step`: TensorBoard drops the events of steps at or
@@ -259,7 +175,7 @@ impl EventWriter {
         let t = now();
         let mut info = Message::default().double(START_INFO_START_TIME, t);
         for (key, value) in hparams {
-            let entry = Message::default().string(1, key).message(2, &value.encode());
+            let entry = Message::default().string(MAP_ENTRY_KEY, key).message(MAP_ENTRY_VALUE, &value.encode());
             info = info.message(START_INFO_HPARAMS, &entry);
         }
         let data = Message::default().message(HPARAMS_SESSION_START_INFO, &info);
@@ -296,9 +212,10 @@ impl EventWriter {
     }
 }
 
-/// The scalars of one metrics-table row, at its step: `train/…` for a
-/// train-log row, `eval/<column>` for each eval value. Flushed at once.
-pub fn write_row(w: &mut EventWriter, row: &super::Row) -> Result<()> {
+/// The scalars of one metrics-table row, tagged as TensorBoard groups them:
+/// `train/…` for a train-log row (the learning rate with it), `eval/<column>`
+/// for each eval value.
+pub fn row_scalars(row: &super::Row) -> Vec<(String, f64)> {
     let mut values: Vec<(String, f64)> = Vec::new();
     if row.train_loss.is_some() || row.tokens_per_s.is_some() {
         values.push(("train/lr".into(), row.lr));
@@ -311,8 +228,7 @@ pub fn write_row(w: &mut EventWriter, row: &super::Row) -> Result<()> {
     ];
     values.extend(optional.into_iter().filter_map(|(tag, v)| Some((tag.to_string(), v?))));
     values.extend(row.eval.iter().map(|(k, v)| (format!("eval/{k}"), *v)));
-    w.scalars(row.step, now(), &values)?;
-    w.flush()
+    values
 }
 
 /// A recipe's scalar settings as dotted keys (`training.lr`, `masking.rate`,
@@ -365,33 +281,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc32c_known_vectors() {
-        // RFC 3720 (iSCSI), appendix B.4, and the classic check value.
-        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
-        assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
-        assert_eq!(crc32c(&[0xFFu8; 32]), 0x62A8_AB43);
-        let ascending: Vec<u8> = (0..32).collect();
-        assert_eq!(crc32c(&ascending), 0x46DD_794E);
-        assert_eq!(crc32c(b""), 0);
+    fn a_failed_write_is_an_error_naming_the_file() {
+        // /dev/full takes no byte: every write fails as on a full disk.
+        let full = File::options().write(true).open("/dev/full").unwrap();
+        let err = EventWriter::start(full, PathBuf::from("/dev/full")).err().expect("the write fails");
+        assert!(format!("{err:#}").contains("cannot write /dev/full"), "{err:#}");
     }
 
     #[test]
-    fn record_framing() {
-        let r = record(b"abc");
-        assert_eq!(r.len(), 8 + 4 + 3 + 4);
-        assert_eq!(&r[..8], &3u64.to_le_bytes());
-        assert_eq!(&r[8..12], &masked_crc32c(&3u64.to_le_bytes()).to_le_bytes());
-        assert_eq!(&r[12..15], b"abc");
-        assert_eq!(&r[15..], &masked_crc32c(b"abc").to_le_bytes());
+    fn a_row_becomes_train_and_eval_scalars() {
+        let row = super::super::Row {
+            step: 10,
+            lr: 1e-3,
+            train_loss: Some(2.5),
+            grad_norm: Some(0.75),
+            tokens_per_s: Some(900.0),
+            eval: [("perplexity".to_string(), 12.0)].into(),
+            ..Default::default()
+        };
+        let tags: Vec<(String, f64)> = row_scalars(&row);
+        let want = [("train/lr", 1e-3), ("train/loss", 2.5), ("train/grad_norm", 0.75), ("train/tokens_per_s", 900.0), ("eval/perplexity", 12.0)];
+        assert_eq!(tags, want.map(|(t, v)| (t.to_string(), v)).to_vec());
+        // An eval row alone has no train scalar, not even the learning rate.
+        let eval_only = super::super::Row { step: 10, lr: 1e-3, eval: row.eval.clone(), ..Default::default() };
+        assert_eq!(row_scalars(&eval_only), vec![("eval/perplexity".to_string(), 12.0)]);
     }
 
     #[test]
-    fn protobuf_encoding() {
-        // field 2 varint 300 (the protobuf guide's example), then a length-delimited field 1.
-        let m = Message::default().int(2, 300).string(1, "hi");
-        assert_eq!(m.encoded(), &[0x10, 0xAC, 0x02, 0x0A, 0x02, b'h', b'i']);
-        let d = Message::default().double(1, 1.0);
-        assert_eq!(d.encoded()[0], 0x09);
-        assert_eq!(&d.encoded()[1..], &1.0f64.to_le_bytes());
+    fn recipe_settings_flatten_to_dotted_keys() {
+        let v: serde_yaml::Value = serde_yaml::from_str("training: {lr: 0.001, epochs: null}\nmodel: {name: bert}\nmetrics: [loss, accuracy]\nrun: {tensorboard: true}").unwrap();
+        let flat = flatten(&v);
+        assert!(flat.contains(&("training.lr".to_string(), HParam::Number(0.001))), "{flat:?}");
+        assert!(flat.contains(&("model.name".to_string(), HParam::Text("bert".into()))), "{flat:?}");
+        assert!(flat.contains(&("metrics".to_string(), HParam::Text("[\"loss\",\"accuracy\"]".into()))), "{flat:?}");
+        assert!(flat.contains(&("run.tensorboard".to_string(), HParam::Bool(true))), "{flat:?}");
+        assert!(!flat.iter().any(|(k, _)| k == "training.epochs"), "null settings are left out: {flat:?}");
     }
 }
