@@ -51,6 +51,7 @@ const EXPERIMENT_METRIC_INFOS: u32 = 5;
 const EXPERIMENT_TIME_CREATED: u32 = 3;
 const HPARAM_INFO_NAME: u32 = 1;
 const HPARAM_INFO_TYPE: u32 = 4;
+const HPARAM_INFO_DIFFERS: u32 = 7;
 const METRIC_INFO_NAME: u32 = 1;
 const METRIC_NAME_TAG: u32 = 2;
 // google.protobuf.Value
@@ -191,12 +192,17 @@ impl EventWriter {
     }
 
     /// The hparams and metrics a group of runs (a sweep) is compared by
-    /// (hparams plugin, `experiment`), written at the group's folder.
-    pub fn experiment(&mut self, hparams: &[(String, HParam)], metrics: &[String]) -> Result<()> {
+    /// (hparams plugin, `experiment`), written at the group's folder. Each
+    /// hparam comes with an example value (for its type) and whether its
+    /// value differs between the runs (those the dashboard shows first).
+    pub fn experiment(&mut self, hparams: &[(String, HParam, bool)], metrics: &[String]) -> Result<()> {
         let t = now();
         let mut exp = Message::default().double(EXPERIMENT_TIME_CREATED, t);
-        for (name, example) in hparams {
-            let info = Message::default().string(HPARAM_INFO_NAME, name).int(HPARAM_INFO_TYPE, example.data_type());
+        for (name, example, differs) in hparams {
+            let info = Message::default()
+                .string(HPARAM_INFO_NAME, name)
+                .int(HPARAM_INFO_TYPE, example.data_type())
+                .int(HPARAM_INFO_DIFFERS, *differs as i64);
             exp = exp.message(EXPERIMENT_HPARAM_INFOS, &info);
         }
         for tag in metrics {
