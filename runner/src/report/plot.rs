@@ -135,7 +135,7 @@ where
     panel(&panels[1], &title, &words(lm), &ppl, &names, log)?;
     if let Some(column) = probe {
         let acc: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, &column)).collect();
-        panel(&panels[2], &format!("{column} vs step"), &column, &acc, &names, false)?;
+        panel(&panels[2], &format!("{} vs step", words(&column)), &words(&column), &acc, &names, false)?;
     }
     Ok(())
 }
