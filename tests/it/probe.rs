@@ -20,7 +20,7 @@ const L2: f64 = 0.01;
 /// A 3-class task from the toy corpus: the label is a line's verb, with every
 /// fourth label moved to the next class so the task is not trivially separable.
 /// Lines 0..240 train, the rest eval.
-fn write_task(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn write_task(dir: &Path) -> (PathBuf, PathBuf) {
     let text = std::fs::read_to_string(root().join("tests/fixtures/toy-corpus.txt")).unwrap();
     let verbs = ["lives", "ran", "sat"];
     let rows: Vec<String> = text

@@ -1,10 +1,11 @@
 //! TensorBoard event files read back by TensorBoard's own code
 //! (`tests/fixtures/tensorboard_read.py`, EventAccumulator and the hparams
 //! plugin's messages, from the `tensorboard` package in `.venv`): the scalars
-//! are `metrics.csv`'s values at the same steps, every eval column is there, a
-//! sweep's runs carry the hparams their grid gave them, a resumed run reads as
-//! an uninterrupted one (after SIGTERM, and after a crash whose steps are
-//! trained again), a 2-process run writes one event file, and
+//! are `metrics.csv`'s values at the same steps, every eval metric (loss,
+//! perplexity, accuracy, top-5, pseudo-perplexity, a probe's accuracy and F1)
+//! is there, a sweep's runs carry the hparams their grid gave them, a resumed
+//! run reads as an uninterrupted one (after SIGTERM, and after a crash whose
+//! steps are trained again), a 2-process run writes one event file, and
 //! `run.tensorboard: false` writes nothing.
 
 use std::collections::BTreeMap;
@@ -145,11 +146,7 @@ fn scalars_and_hparams_read_back_by_tensorboard() {
     assert_eq!(files[0].parent().unwrap(), run.join("tensorboard"));
     let read = one(&run.join("tensorboard"));
     assert_scalars_match_csv(&read, &run, true);
-    let columns = eval_columns(&run);
-    for c in ["eval_loss", "perplexity", "accuracy"] {
-        assert!(columns.iter().any(|x| x == c), "{c} not among {columns:?}");
-        assert_eq!(points(&read, &format!("eval/{c}")).len(), 4, "eval/{c} at steps 0, 4, 8 and 12");
-    }
+    assert_eq!(points(&read, "eval/perplexity").len(), 4, "eval/perplexity at steps 0, 4, 8 and 12");
     let grad = points(&read, "train/grad_norm");
     assert_eq!(grad.len() as u64, STEPS, "a gradient norm for each logged step");
     assert!(grad.values().all(|g| g.is_finite() && *g > 0.0), "{grad:?}");
@@ -160,6 +157,26 @@ fn scalars_and_hparams_read_back_by_tensorboard() {
         assert!(!hp[key].is_null(), "{key} missing from {hp}");
     }
     assert_eq!(read["session_end"], Value::Bool(true));
+}
+
+#[test]
+fn every_eval_metric_is_a_scalar() {
+    let out = tempfile::tempdir().unwrap();
+    let (train, eval) = crate::probe::write_task(out.path());
+    let metrics = format!(
+        "metrics=[loss, perplexity, accuracy, top5_accuracy, pseudo_perplexity, {{name: probe, options: {{train: {}, eval: {}}}}}]",
+        train.display(),
+        eval.display()
+    );
+    run_ok(&args(out.path(), "m", &[&metrics]));
+    let run = out.path().join("m");
+    let read = one(&run.join("tensorboard"));
+    assert_scalars_match_csv(&read, &run, true);
+    let columns = eval_columns(&run);
+    for c in ["eval_loss", "perplexity", "accuracy", "top5_accuracy", "pseudo_perplexity", "probe_accuracy", "probe_macro_f1"] {
+        assert!(columns.iter().any(|x| x == c), "{c} not among {columns:?}");
+        assert_eq!(points(&read, &format!("eval/{c}")).len(), 4, "eval/{c} at steps 0, 4, 8 and 12");
+    }
 }
 
 #[test]
