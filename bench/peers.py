@@ -22,7 +22,17 @@ import time
 
 import numpy as np
 import torch
-from transformers import BertForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    DataCollatorForLanguageModeling,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
+
+# --family: the config and masked-LM classes of each model family.
+FAMILIES = {"bert": (BertConfig, BertForMaskedLM), "roberta": (RobertaConfig, RobertaForMaskedLM)}
 
 
 def load_blocks(path):
@@ -30,10 +40,12 @@ def load_blocks(path):
 
 
 def sparse_loss(model, input_ids, attention_mask, labels):
-    hidden = model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    encoder = getattr(model, model.base_model_prefix)  # model.bert, model.roberta
+    head = model.cls if hasattr(model, "cls") else model.lm_head
+    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
     picked = labels.view(-1) != -100
     h = hidden.reshape(-1, hidden.size(-1))[picked]  # (N, H)
-    logits = model.cls(h)  # (N, V)
+    logits = head(h)  # (N, V)
     return torch.nn.functional.cross_entropy(logits.float(), labels.view(-1)[picked])
 
 
@@ -85,6 +97,7 @@ def main():
     ap.add_argument("--evaluate", metavar="DIR", help="score the checkpoint in DIR on --eval and print it")
     ap.add_argument("--peer", choices=["hf", "sparse"])
     ap.add_argument("--model", help="HF model dir, or a config.json for random init")
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="bert", help="the model class for a config.json")
     ap.add_argument("--tokenizer", required=True, help="folder with tokenizer.json")
     ap.add_argument("--train")
     ap.add_argument("--eval")
@@ -108,11 +121,10 @@ def main():
         ap.error("--peer, --model, --train and --eval are required to train")
     torch.manual_seed(args.seed)
     if args.model.endswith(".json"):
-        from transformers import BertConfig
-
-        config = BertConfig.from_json_file(args.model)
+        config_class, model_class = FAMILIES[args.family]
+        config = config_class.from_json_file(args.model)
         config._attn_implementation = "sdpa"
-        model = BertForMaskedLM(config)
+        model = model_class(config)
     else:
         model = BertForMaskedLM.from_pretrained(args.model, attn_implementation="sdpa")
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)

@@ -2,6 +2,7 @@
 
     bench/run.sh                       # MiniLM-L6 (quickstart checkpoint), fp32 and bf16
     bench/run.sh --bert-base           # also the bert-base shape (random init, batch 16)
+    bench/run.sh --roberta-base        # also the roberta-base shape (random init, batch 16)
     bench/run.sh --repeats 1 --steps 5 # a quick look
     bench/run.sh --precisions fp32 --name avx2   # a host without bf16 units: fp32 only,
                                        # into bench/results/avx2.{json,md,png}
@@ -152,7 +153,8 @@ def run_runner(args, docs, blocks, config, precision):
 
 def run_peer(args, blocks, config, peer, precision):
     name, model, _, batch, _, warmup, steps = config
-    cmd = [sys.executable, PEERS, "--peer", peer, "--model", model, "--tokenizer", MODEL,
+    family = "roberta" if name.startswith("roberta") else "bert"
+    cmd = [sys.executable, PEERS, "--peer", peer, "--model", model, "--family", family, "--tokenizer", MODEL,
            "--train", blocks["train"], "--eval", blocks["eval"], "--batch", str(batch), "--steps", str(steps),
            "--warmup", str(warmup), "--threads", str(args.threads), "--precision", precision]
     text, _, rss = run_child(cmd)
@@ -312,6 +314,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bert-base", action="store_true")
+    ap.add_argument("--roberta-base", action="store_true")
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="MiniLM-L6 precisions to run (bf16 is emulated, and slow, on CPUs without bf16 units)")
     ap.add_argument("--name", default="latest", help="results go to bench/results/NAME.{json,md,png}")
@@ -353,6 +356,17 @@ def main():
             base_json = os.path.join(tmp, "bert-base.json")
             json.dump(base, open(base_json, "w"))
             configs.append(("bert-base", base_json, base, 16, f"{{options: {{preset: bert-base}}}}\ntokenizer: {{path: {MODEL}/tokenizer.json}}",
+                            1, max(3, args.steps // 4)))
+        if args.roberta_base:
+            # RoBERTa-base: 50265 tokens, positions after padding_idx 1, one token type. The
+            # blocks come from the MiniLM tokenizer (ids < 30522), as for bert-base.
+            base = {"vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                    "intermediate_size": 3072, "max_position_embeddings": 514, "type_vocab_size": 1,
+                    "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5}
+            base_json = os.path.join(tmp, "roberta-base.json")
+            json.dump(base, open(base_json, "w"))
+            configs.append(("roberta-base", base_json, base, 16,
+                            f"{{name: roberta, options: {{preset: roberta-base}}}}\ntokenizer: {{path: {MODEL}/tokenizer.json}}",
                             1, max(3, args.steps // 4)))
         for config in configs:
             name, mcfg, batch = config[0], config[2], config[3]

@@ -92,6 +92,9 @@ pub struct Registered {
     pub params: Vec<ParamDoc>,
     pub check: Check,
     pub builder: Builder,
+    /// For a model: the `config.json` `model_type`s it reads (see
+    /// [`crate::Registrar::reads_model_types`]).
+    pub model_types: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for Registered {
@@ -108,7 +111,7 @@ impl Registered {
         let w = who.clone();
         let check: Check = Arc::new(move |o: &Options| guard(&w, "check", || check_fn(o)));
         let builder = c.factory.guarded(who.clone());
-        Registered { plugin: who.plugin, kind: who.kind, name: c.name, doc: c.doc, params: c.params, check, builder }
+        Registered { plugin: who.plugin, kind: who.kind, name: c.name, doc: c.doc, params: c.params, check, builder, model_types: vec![] }
     }
 }
 

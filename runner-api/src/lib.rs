@@ -17,9 +17,11 @@
 
 pub mod guard;
 pub mod plugin;
+pub mod words;
 pub mod wrap;
 
 pub use plugin::{PluginDeclaration, StrRef, ABI_VERSION, PLUGIN_MAGIC};
+pub use words::{PieceEdges, WordMarks};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -93,26 +95,93 @@ crate::contract! {
 // Masking
 // ---------------------------------------------------------------------------
 
-/// What a masker needs to know about the vocabulary.
+/// What a masker needs to know about the vocabulary. The runner reads it from
+/// the tokenizer's own files: the special tokens from `tokenizer_config.json`
+/// (or `special_tokens_map.json`, or the post-processor's template), the word
+/// marks from the tokenizer's model and pre-tokenizer.
 #[derive(Debug, Clone)]
 pub struct VocabInfo {
     pub vocab_size: usize,
+    /// The mask token (`[MASK]`, `<mask>`).
     pub mask_id: i64,
     pub pad_id: i64,
+    /// The token that opens every example (`[CLS]`, `<s>`).
     pub cls_id: i64,
+    /// The token that closes every example and follows each packed document (`[SEP]`, `</s>`).
     pub sep_id: i64,
     /// `is_special[id]`: never masked, never drawn as a random replacement.
     pub is_special: Vec<bool>,
-    /// `is_continuation[id]`: a WordPiece `##` piece that continues the previous word.
-    pub is_continuation: Vec<bool>,
     /// `tokens[id]`: the token's string in the vocabulary.
     pub tokens: Vec<String>,
+    /// How the tokenizer marks where words begin.
+    pub word_marks: WordMarks,
+    /// `edges[id]`: what a word boundary needs to know about token `id`.
+    pub edges: Vec<PieceEdges>,
+}
+
+/// The special tokens of a vocabulary, by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialIds {
+    pub mask: i64,
+    pub pad: i64,
+    pub cls: i64,
+    pub sep: i64,
 }
 
 impl VocabInfo {
+    /// A vocabulary of `tokens` (by id) with these special tokens; `also_special`
+    /// names more ids that are never masked (`[UNK]`, added special tokens).
+    pub fn new(tokens: Vec<String>, special: SpecialIds, also_special: &[i64], word_marks: WordMarks) -> Self {
+        let vocab_size = tokens.len();
+        let mut is_special = vec![false; vocab_size];
+        for id in [special.mask, special.pad, special.cls, special.sep].iter().chain(also_special) {
+            if let Some(s) = is_special.get_mut(*id as usize) {
+                *s = true;
+            }
+        }
+        let edges = word_marks.edges(&tokens);
+        VocabInfo {
+            vocab_size,
+            mask_id: special.mask,
+            pad_id: special.pad,
+            cls_id: special.cls,
+            sep_id: special.sep,
+            is_special,
+            tokens,
+            word_marks,
+            edges,
+        }
+    }
+
     /// Ids a random replacement may draw from: every non-special token.
     pub fn replacement_ids(&self) -> Vec<i64> {
         (0..self.vocab_size as i64).filter(|&i| !self.is_special[i as usize]).collect()
+    }
+
+    /// Whether `id` is a special token (or outside the vocabulary).
+    pub fn is_special(&self, id: i64) -> bool {
+        self.is_special.get(id as usize).copied().unwrap_or(true)
+    }
+
+    /// Token ranges `start..end` of the words in `ids`; special tokens belong to
+    /// none and end the word before them.
+    pub fn words(&self, ids: &[i64]) -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        let mut prev: Option<usize> = None;
+        for (i, &id) in ids.iter().enumerate() {
+            if self.is_special(id) {
+                prev = None;
+                continue;
+            }
+            let id = id as usize;
+            let begins = prev.is_none_or(|p| self.word_marks.begins_word(&self.edges[p], &self.edges[id]));
+            match out.last_mut() {
+                Some(last) if !begins && last.1 == i => last.1 = i + 1,
+                _ => out.push((i, i + 1)),
+            }
+            prev = Some(id);
+        }
+        out
     }
 }
 
@@ -441,5 +510,15 @@ impl Registrar {
 
     pub fn add(&mut self, component: Component) {
         self.components.push(guard::Registered::new(&self.plugin, component));
+    }
+
+    /// Declares the `config.json` `model_type`s that the model `name` (added
+    /// before) reads, so a recipe whose checkpoint has one of them gets it
+    /// without naming `model.name`, as `AutoModel` picks a class.
+    pub fn reads_model_types(&mut self, name: &str, model_types: &[&'static str]) {
+        match self.components.iter_mut().find(|c| c.kind == ComponentKind::Model && c.name == name) {
+            Some(c) => c.model_types.extend_from_slice(model_types),
+            None => panic!("reads_model_types: no model `{name}` was added before"),
+        }
     }
 }

@@ -234,16 +234,8 @@ mod tests {
 
     /// A vocabulary with nothing in it: the calls below only pass it on.
     fn empty_vocab() -> VocabInfo {
-        VocabInfo {
-            vocab_size: 0,
-            mask_id: 0,
-            pad_id: 0,
-            cls_id: 0,
-            sep_id: 0,
-            is_special: vec![],
-            is_continuation: vec![],
-            tokens: vec![],
-        }
+        let special = crate::SpecialIds { mask: 0, pad: 0, cls: 0, sep: 0 };
+        VocabInfo::new(vec![], special, &[], crate::WordMarks::EveryToken)
     }
 
     #[test]

@@ -14,7 +14,7 @@ use runner_api::{Metric, MlmModel, Mode, VocabInfo};
 
 use crate::autocast::Autocast;
 use crate::data::EvalSet;
-use crate::dist::Collective;
+use crate::distributed::Collective;
 
 /// What one eval pass measured.
 pub struct Evaluation {

@@ -17,7 +17,7 @@ pub mod components;
 pub mod data;
 pub mod device;
 pub mod elf;
-pub mod dist;
+pub mod distributed;
 pub mod eval;
 pub mod precision;
 pub mod hub;

@@ -240,6 +240,16 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
     let renamed = model(w, "renamed", |d| {
         replace_bytes(&d.join("model.safetensors"), "bert.encoder.layer.0.output.dense.weight", "bert.encoder.layer.0.output.dense.wexght");
     });
+    let roberta_over_bert =
+        model(w, "roberta-over-bert", |d| std::fs::copy(root().join("tests/fixtures/tiny-roberta/config.json"), d.join("config.json")).map(drop).unwrap());
+    let gpt2 = model(w, "gpt2", |d| edit_json(&d.join("config.json"), |c| c["model_type"] = "gpt2".into()));
+    let no_mask = model(w, "no-mask", |d| {
+        edit_json(&d.join("tokenizer.json"), |t| {
+            t["added_tokens"].as_array_mut().unwrap().retain(|a| a["content"] != "[MASK]");
+            t["model"]["vocab"].as_object_mut().unwrap().remove("[MASK]");
+        });
+        edit_json(&d.join("tokenizer_config.json"), |c| drop(c.as_object_mut().unwrap().remove("mask_token")));
+    });
     let model_file = ws("tiny-bert-file");
     std::fs::copy(tiny_bert().join("model.safetensors"), &model_file).unwrap();
 
@@ -336,6 +346,9 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         fill_row("wrong-shape weights", &wrong_shape, "do not fit config.json"),
         fill_row("config with more layers than the weights", &three_layers, "bert.encoder.layer.2.output.dense.weight"),
         fill_row("renamed encoder tensor", &renamed, "unexpected tensor(s) in the file"),
+        fill_row("RoBERTa config over BERT weights", &roberta_over_bert, "another family's than config.json's model_type says"),
+        set("model_type no plugin reads", &[&ckpt(&gpt2)], "model_type `gpt2` is read by no installed model plugin"),
+        set("tokenizer without a mask token", &[&ckpt(&no_mask)], "the tokenizer has no mask token"),
         fill_row("fill-mask: tokenizer larger than the vocabulary", &big_tok, "has 50 tokens but the model's vocabulary"),
         row("fill-mask --top-k 0", &["fill-mask", "--model", "tests/fixtures/tiny-bert", "a [MASK] .", "--top-k", "0"], "--top-k"),
         fill_row("fill-mask: model is a file", &model_file, "is a file"),

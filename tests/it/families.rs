@@ -2,8 +2,11 @@
 //! Hugging Face transformers, against fixtures that
 //! `tests/fixtures/make_family_fixtures.py` made: logits and loss, the loss
 //! and every parameter after three AdamW steps, and an exported checkpoint
-//! loaded back by transformers giving the same logits. Within 1e-4. Then the
-//! model component a recipe gets from its checkpoint's `model_type`.
+//! loaded back by transformers giving the same logits, and fill-mask's top 5.
+//! Within 1e-4. Then the model component a recipe gets from its checkpoint's
+//! `model_type`, and each family's tokenizer as the maskers see it: special
+//! tokens read from its own files, and words grouped as `word_ids()` groups
+//! them (`tests/fixtures/make_family_goldens.py`).
 //!
 //! The models are built through the plugin libraries beside this test binary
 //! (cargo builds them as dev-dependencies), as the runner builds them: each
@@ -241,13 +244,9 @@ fn resolve(sets: &[String]) -> anyhow::Result<runner::recipe::Recipe> {
     runner::recipe::resolve(raw, &recipe, &plugins())
 }
 
-/// A checkpoint and, until the runner reads each family's special tokens, the
-/// BERT fixture's tokenizer (no bigger than any fixture's vocabulary).
+/// A checkpoint, with the tokenizer beside it.
 fn checkpoint(dir: &Path) -> Vec<String> {
-    vec![
-        format!("model.checkpoint={}", dir.display()),
-        format!("tokenizer.path={}", root().join("tests/fixtures/tiny-bert/tokenizer.json").display()),
-    ]
+    vec![format!("model.checkpoint={}", dir.display())]
 }
 
 #[test]
@@ -292,5 +291,175 @@ fn a_model_type_no_plugin_reads_stops_with_exit_2() {
     let msg = format!("{err:#}");
     for needle in ["model.name", "model_type `gpt2`", "installed model plugins", "bert", "roberta", "distilbert"] {
         assert!(msg.contains(needle), "the message should say `{needle}`:\n{msg}");
+    }
+}
+
+/// The vocabulary of a fixture's tokenizer, as the runner reads it.
+fn vocab(dir: &str) -> (tokenizers::Tokenizer, runner_api::VocabInfo) {
+    let path = root().join("tests/fixtures").join(dir).join("tokenizer.json");
+    let tok = runner::data::tokenizer::load(&path).unwrap();
+    let vocab = runner::data::tokenizer::vocab_info(&tok, &path).unwrap();
+    (tok, vocab)
+}
+
+#[test]
+fn special_tokens_come_from_the_tokenizer_files() {
+    for (dir, [mask, pad, cls, sep]) in [
+        ("tiny-bert", ["[MASK]", "[PAD]", "[CLS]", "[SEP]"]),
+        ("tiny-distilbert", ["[MASK]", "[PAD]", "[CLS]", "[SEP]"]),
+        ("tiny-roberta", ["<mask>", "<pad>", "<s>", "</s>"]),
+        ("tiny-xlm-roberta", ["<mask>", "<pad>", "<s>", "</s>"]),
+    ] {
+        let (_, v) = vocab(dir);
+        let name = |id: i64| v.tokens[id as usize].as_str();
+        assert_eq!([name(v.mask_id), name(v.pad_id), name(v.cls_id), name(v.sep_id)], [mask, pad, cls, sep], "{dir}");
+    }
+}
+
+/// With no tokenizer_config.json, the start and end tokens come from the
+/// post-processor's template and the mask token from the family's name for it;
+/// a mask token named in the config must be in the vocabulary; a tokenizer
+/// with none at all is refused with the key to set (exit 2).
+#[test]
+fn special_tokens_without_a_config_and_a_tokenizer_without_a_mask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok_path = tmp.path().join("tokenizer.json");
+    std::fs::copy(ROBERTA.path().join("tokenizer.json"), &tok_path).unwrap();
+    let (tok, theirs) = vocab("tiny-roberta");
+    let ours = runner::data::tokenizer::vocab_info(&tok, &tok_path).unwrap();
+    assert_eq!([ours.mask_id, ours.pad_id, ours.cls_id, ours.sep_id], [theirs.mask_id, theirs.pad_id, theirs.cls_id, theirs.sep_id]);
+
+    std::fs::write(tmp.path().join("tokenizer_config.json"), r#"{"mask_token": "<maskk>"}"#).unwrap();
+    let err = runner::data::tokenizer::vocab_info(&tok, &tok_path).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("tokenizer_config.json") && msg.contains("`<maskk>`"), "{msg}");
+    assert_eq!(runner::error::exit_code(&err), 2);
+
+    // The vocabulary without its mask token.
+    std::fs::remove_file(tmp.path().join("tokenizer_config.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tok_path).unwrap()).unwrap();
+    json["added_tokens"].as_array_mut().unwrap().retain(|t| t["content"] != "<mask>");
+    json["model"]["vocab"].as_object_mut().unwrap().remove("<mask>");
+    std::fs::write(&tok_path, json.to_string()).unwrap();
+    let tok = runner::data::tokenizer::load(&tok_path).unwrap();
+    let err = runner::data::tokenizer::vocab_info(&tok, &tok_path).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("no mask token") && msg.contains("mask_token") && msg.contains("tokenizer.json"), "{msg}");
+    assert_eq!(runner::error::exit_code(&err), 2);
+}
+
+/// The words the maskers find from token ids alone are the words transformers'
+/// `word_ids()` gives, for WordPiece, byte-level BPE and SentencePiece alike.
+/// A special token (an unknown piece) belongs to no word and ends the one before it.
+#[test]
+fn words_match_transformers_word_ids_for_every_tokenizer_kind() {
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/words.json")).unwrap()).unwrap();
+    let mut vocabs = HashMap::new();
+    let mut multi_piece_words = HashMap::<String, usize>::new();
+    for case in &cases {
+        let dir = case["fixture"].as_str().unwrap();
+        let v = &vocabs.entry(dir.to_string()).or_insert_with(|| vocab(dir).1);
+        let ids: Vec<i64> = case["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        let word_ids: Vec<Option<i64>> = case["word_ids"].as_array().unwrap().iter().map(|x| x.as_i64()).collect();
+        // Their words, cut at special tokens.
+        let mut theirs: Vec<(usize, usize)> = Vec::new();
+        for (i, w) in word_ids.iter().enumerate() {
+            if v.is_special(ids[i]) {
+                continue;
+            }
+            match theirs.last_mut() {
+                Some(last) if last.1 == i && word_ids[i - 1] == *w => last.1 = i + 1,
+                _ => theirs.push((i, i + 1)),
+            }
+        }
+        let ours = v.words(&ids);
+        let show = |w: &[(usize, usize)]| -> Vec<String> {
+            w.iter().map(|&(s, e)| ids[s..e].iter().map(|&i| v.tokens[i as usize].clone()).collect::<Vec<_>>().join(" ")).collect()
+        };
+        assert_eq!(show(&ours), show(&theirs), "{dir}: {:?}", case["text"]);
+        *multi_piece_words.entry(dir.to_string()).or_default() += ours.iter().filter(|(s, e)| e - s > 1).count();
+    }
+    for (dir, n) in multi_piece_words {
+        assert!(n >= 3, "{dir}: the sentences should split some words into pieces (found {n})");
+    }
+}
+
+/// Special tokens are never chosen and never drawn as replacements, under
+/// every masking strategy and every family's tokenizer, over 100k chosen
+/// tokens each; and a word-level strategy chooses whole words only.
+#[test]
+fn special_tokens_are_never_masked_in_any_family() {
+    use rand::SeedableRng;
+    let corpus = std::fs::read_to_string(root().join("tests/fixtures/toy-corpus.txt")).unwrap();
+    let registry = plugins();
+    let rates = runner_api::MaskingRates { rate: 0.3, mask_token: 0.8, random_token: 0.1 };
+    for dir in ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert"] {
+        let (tok, v) = vocab(dir);
+        // Each line framed the family's way, with an unknown character in some.
+        let sequences: Vec<Vec<i64>> = corpus
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, line)| {
+                let text = if i % 3 == 0 { format!("{line} \u{2603}") } else { line.to_string() };
+                let ids = tok.encode(text.as_str(), false).unwrap().get_ids().iter().map(|&i| i64::from(i)).collect::<Vec<_>>();
+                [vec![v.cls_id], ids, vec![v.sep_id]].concat()
+            })
+            .collect();
+        for strategy in ["bert", "whole_word", "span"] {
+            let masker = runner::components::masker(&registry, strategy, &Default::default(), rates, &v).unwrap();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            let (mut chosen, mut specials_seen) = (0usize, 0usize);
+            'outer: loop {
+                for ids in &sequences {
+                    let out = masker.mask(ids, &mut rng).unwrap();
+                    for (i, &id) in ids.iter().enumerate() {
+                        let picked = out.labels[i] != runner_api::IGNORE_INDEX;
+                        if v.is_special(id) {
+                            specials_seen += 1;
+                            assert!(!picked && out.input_ids[i] == id, "{dir} {strategy}: special token {} was masked", v.tokens[id as usize]);
+                        } else if picked {
+                            chosen += 1;
+                            assert!(!v.is_special(out.input_ids[i]) || out.input_ids[i] == v.mask_id, "{dir} {strategy}: drew a special token");
+                        }
+                    }
+                    if strategy != "bert" {
+                        for (s, e) in v.words(ids) {
+                            let n = (s..e).filter(|&i| out.labels[i] != runner_api::IGNORE_INDEX).count();
+                            assert!(n == 0 || n == e - s, "{dir} {strategy}: a word masked in part");
+                        }
+                    }
+                    if chosen >= 100_000 {
+                        break 'outer;
+                    }
+                }
+            }
+            assert!(specials_seen > 10_000, "{dir}: the sequences should carry special tokens");
+        }
+    }
+}
+
+#[test]
+fn fill_mask_matches_the_transformers_pipeline_in_every_family() {
+    let registry = plugins();
+    for f in [&ROBERTA, &XLM_ROBERTA, &DISTILBERT] {
+        let spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(f.path().join("fill_mask.json")).unwrap()).unwrap();
+        let k = spec["top_k"].as_u64().unwrap() as usize;
+        // The family's own mask token, and `[MASK]` read as it.
+        let text = spec["text"].as_str().unwrap();
+        for text in [text.to_string(), text.replace("<mask>", "[MASK]")] {
+            let ours = runner::cli::fill_mask::predict(&registry, &f.path(), &text, k).unwrap();
+            assert_eq!(ours.len(), 1, "one mask in {text}");
+            let theirs = spec["expected"].as_array().unwrap();
+            assert_eq!(ours[0].len(), theirs.len());
+            for (o, t) in ours[0].iter().zip(theirs) {
+                assert_eq!(o.token, t["token"].as_i64().unwrap(), "{}: ranking differs: ours {:?}", f.dir, ours[0]);
+                assert!((o.score - t["score"].as_f64().unwrap()).abs() < TOL, "{}: {o:?} vs {t}", f.dir);
+                assert_eq!(o.token_str, t["token_str"].as_str().unwrap(), "{}", f.dir);
+                assert_eq!(o.sequence, t["sequence"].as_str().unwrap(), "{}", f.dir);
+            }
+        }
     }
 }

@@ -592,3 +592,69 @@ fn the_wikitext_recipe_validates_without_touching_the_network() {
     );
     assert_error(&o, 2, &["5 problems", "data.options", "unknown field `text_column`", "model.checkpoint", "names a dataset", "data.train", "no path after it", "data.eval", "names a model", "data.dataset: hf:// datasets are read as parquet"]);
 }
+
+/// A family fixture served as `id`: its config, weights, tokenizer and tokenizer_config.
+fn family_repo(fixture: &str, id: &'static str, sha: &'static str) -> Repo {
+    let dir = root().join("tests/fixtures").join(fixture);
+    let mut files = BTreeMap::new();
+    for (f, lfs) in [("config.json", false), ("model.safetensors", true), ("tokenizer.json", false), ("tokenizer_config.json", false)] {
+        files.insert(f.to_string(), File::new(std::fs::read(dir.join(f)).unwrap(), lfs));
+    }
+    Repo { kind: "models", id, sha, files }
+}
+
+/// The shipped RoBERTa and XLM-R recipes as they are, scaled down by `--set`
+/// only: each downloads its checkpoint from the (fake) Hub, gets the family's
+/// plugin from `model_type`, its special tokens from the downloaded
+/// tokenizer files, and trains.
+#[test]
+fn the_shipped_roberta_and_xlm_roberta_recipes_run_from_the_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = FakeHub::start(vec![
+        family_repo("tiny-roberta", "FacebookAI/roberta-base", "3333333333333333333333333333333333333333"),
+        family_repo("tiny-xlm-roberta", "FacebookAI/xlm-roberta-base", "4444444444444444444444444444444444444444"),
+        dataset_repo(tmp.path()),
+    ]);
+    let home = tmp.path().join("hf-home");
+    let envs = [("HF_ENDPOINT", hub.endpoint()), ("HF_HOME", home.display().to_string()), ("RUST_LOG", "info".to_string())];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = format!("run.output_dir={}", tmp.path().join("results").display());
+    let small = [
+        out.as_str(),
+        "data.max_seq_len=32",
+        "training.device=cpu",
+        "training.precision=fp32",
+        "training.threads=1",
+        "training.batch_size=4",
+        "training.grad_accum_steps=1",
+        "training.epochs=null",
+        "training.max_steps=2",
+        "eval.every=2",
+        "eval.max_sequences=8",
+    ];
+    let dapt = [
+        "data.train=tests/fixtures/toy-corpus.txt",
+        "data.options.documents=blank_line",
+        "data.options.suffix=null",
+        "data.holdout=0.2",
+        "training.checkpoint.every=0",
+    ];
+    let toy = format!("hf://datasets/{DATASET}/toy");
+    let (train, eval) = (format!("data.train={toy}/train"), format!("data.eval={toy}/validation"));
+    for (recipe, name, extra) in [
+        ("recipes/dapt-roberta-base.yaml", "dapt-roberta-base", dapt.to_vec()),
+        ("recipes/wikitext-xlm-roberta-base.yaml", "wikitext-xlm-roberta-base", vec![train.as_str(), eval.as_str(), "data.options.documents=blank_line"]),
+    ] {
+        let mut args = vec!["run", recipe];
+        for s in small.iter().chain(&extra) {
+            args.extend(["--set", s]);
+        }
+        let o = runner(&args, &envs);
+        assert!(o.status.success(), "{recipe}: {}", stderr(&o));
+        let run = tmp.path().join("results").join(name);
+        assert!(stderr(&o).contains("model `roberta`:"), "{recipe}: the roberta plugin from model_type:\n{}", stderr(&o));
+        let df = crate::common::read_csv(&run.join("metrics.csv"));
+        let loss = crate::common::column(&df, "eval_loss").into_iter().flatten().last().unwrap();
+        assert!(loss.is_finite(), "{recipe}: eval loss {loss}");
+    }
+}

@@ -2,7 +2,7 @@
 //! libtorch, polars and tokenizers are linked into one binary, not one per area.
 //!
 //! `cargo test --release --test it` runs them all; `-- cli::` one area,
-//! `-- --exact dist::launch_flags_are_checked` one test. They run in parallel
+//! `-- --exact collectives::launch_flags_are_checked` one test. They run in parallel
 //! threads of one process: each test writes under its own temporary folder,
 //! asks the system for a free port, and sets variables only on the processes
 //! it starts, never on this one.
@@ -11,10 +11,11 @@ mod common;
 
 mod bad_inputs;
 mod cli;
-mod dist;
+mod collectives;
 
 mod distributed;
 mod families;
+mod family_runs;
 mod hub;
 mod parity;
 mod plugins;

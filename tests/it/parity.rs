@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use runner::autocast::Autocast;
 use runner::train::optimizer::{AdamW, AdamWConfig};
 use runner_api::{MlmBatch, MlmModel, Mode};
-use runner_plugin_bert::Bert;
+use runner_plugin_bert::{Bert, Mlm};
 use tch::{Device, Kind, Tensor};
 
 use crate::common::{column, read_csv, root, runner, stderr, tiny_bert};
@@ -27,8 +27,8 @@ fn batch(e: &HashMap<String, Tensor>) -> MlmBatch {
     }
 }
 
-fn load() -> Bert {
-    Bert::from_pretrained(&tiny_bert(), &serde_yaml::Mapping::new(), Device::Cpu).unwrap()
+fn load() -> Mlm<Bert> {
+    Mlm(Bert::from_pretrained(&tiny_bert(), &serde_yaml::Mapping::new(), Device::Cpu).unwrap())
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -36,7 +36,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// Runs the fixture's three AdamW steps; returns the losses before each step and after the last.
-fn three_steps(model: &Bert, e: &HashMap<String, Tensor>) -> Vec<f64> {
+fn three_steps(model: &Mlm<Bert>, e: &HashMap<String, Tensor>) -> Vec<f64> {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tiny_bert().join("training.json")).unwrap()).unwrap();
     let f = |k: &str| cfg[k].as_f64().unwrap();
@@ -165,7 +165,7 @@ fn pseudo_perplexity_equals_a_direct_one_token_at_a_time_computation() {
 
     // Direct: the exported checkpoint, the first 3 eval lines, each token masked alone.
     let ckpt = out.path().join("tiny/checkpoint");
-    let model = Bert::from_pretrained(&ckpt, &serde_yaml::Mapping::new(), Device::Cpu).unwrap();
+    let model = Mlm(Bert::from_pretrained(&ckpt, &serde_yaml::Mapping::new(), Device::Cpu).unwrap());
     let tok = tokenizer::load(&ckpt.join("tokenizer.json")).unwrap();
     let vocab = tokenizer::vocab_info(&tok, &ckpt).unwrap();
     let text = std::fs::read_to_string(root().join("tests/fixtures/toy-corpus.txt")).unwrap();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use runner::data::tokenizer;
 use runner_api::Metric;
-use runner_plugin_bert::Bert;
+use runner_plugin_bert::{Bert, Mlm};
 use runner_plugin_metrics::probe::{Pooling, Probe, ProbeOptions};
 use tch::{Device, Tensor};
 
@@ -78,7 +78,7 @@ fn probe_features_and_accuracy_match_transformers_and_scikit_learn() {
 
     // The exported checkpoint, through the probe's own code: features for both poolings.
     let ckpt = tmp.path().join("tiny/checkpoint");
-    let model = Bert::from_pretrained(&ckpt, &serde_yaml::Mapping::new(), Device::Cpu).unwrap();
+    let model = Mlm(Bert::from_pretrained(&ckpt, &serde_yaml::Mapping::new(), Device::Cpu).unwrap());
     let tok = tokenizer::load(&ckpt.join("tokenizer.json")).unwrap();
     let vocab = tokenizer::vocab_info(&tok, &ckpt).unwrap();
     let max_len = 32;

@@ -11,14 +11,13 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Deserialize;
 use tch::nn::VarStore;
-use tch::Tensor;
 
 use runner_api::{
-    parse_options, Component, Factory, MlmBatch, MlmModel, Mode, MlmOutput, ModelInfo, ModelSource, ParamDoc, Parameter,
+    parse_options, Component, Factory, MlmModel, ModelSource, ParamDoc,
     Registrar,
 };
-use runner_encoder::layers::MaskedLm;
-use runner_encoder::store;
+pub use runner_encoder::model::Mlm;
+use runner_encoder::model::Family;
 
 pub use config::BertConfig;
 pub use model::BertForMaskedLm;
@@ -83,36 +82,22 @@ impl Bert {
     }
 }
 
-impl MlmModel for Bert {
-    fn forward_mlm(&self, batch: &MlmBatch, mode: Mode) -> Result<MlmOutput> {
-        let (loss, logits, labels) =
-            self.model.masked_lm(&batch.input_ids, &batch.attention_mask, &batch.labels, mode)?;
-        Ok(MlmOutput { loss, logits, labels })
+impl Family for Bert {
+    type Net = BertForMaskedLm;
+    fn net(&self) -> &BertForMaskedLm {
+        &self.model
     }
-
-    fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        Ok(self.model.logits(input_ids, attention_mask, Mode::Eval))
+    fn vars(&self) -> &VarStore {
+        &self.vs
     }
-
-    fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        Ok(self.model.encode(input_ids, attention_mask, Mode::Eval))
+    fn export_config(&self) -> serde_json::Value {
+        self.config.to_hf_json(self.source_config.as_ref())
     }
-
-    fn parameters(&self) -> Result<Vec<Parameter>> {
-        Ok(store::parameters(&self.vs))
+    fn vocab_size(&self) -> i64 {
+        self.config.vocab_size
     }
-
-    fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        store::save_pretrained(&self.vs, &self.config.to_hf_json(self.source_config.as_ref()), dir)
-    }
-
-    fn info(&self) -> Result<ModelInfo> {
-        Ok(ModelInfo {
-            device: self.vs.device(),
-            vocab_size: self.config.vocab_size,
-            max_positions: self.config.max_position_embeddings,
-            num_parameters: store::num_parameters(&self.vs),
-        })
+    fn max_positions(&self) -> i64 {
+        self.config.max_position_embeddings
     }
 }
 
@@ -132,7 +117,7 @@ fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
         }
         (Some(_), Some(_)) => anyhow::bail!("preset: give either a checkpoint or a preset, not both"),
     };
-    Ok(Box::new(bert))
+    Ok(Box::new(Mlm(bert)))
 }
 
 runner_api::declare_plugin!("bert", register);
@@ -154,4 +139,5 @@ pub fn register(r: &mut Registrar) {
         check: check_options,
         factory: Factory::Model(build),
     });
+    r.reads_model_types("bert", &["bert"]);
 }

@@ -10,14 +10,12 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use serde::Deserialize;
 use tch::nn::VarStore;
-use tch::Tensor;
 
 use runner_api::{
-    parse_options, Component, Factory, MlmBatch, MlmModel, Mode, MlmOutput, ModelInfo, ModelSource, ParamDoc, Parameter,
+    parse_options, Component, Factory, MlmModel, ModelSource, ParamDoc,
     Registrar,
 };
-use runner_encoder::layers::MaskedLm;
-use runner_encoder::store;
+use runner_encoder::model::{Family, Mlm};
 use runner_encoder::weights::{self, Naming};
 
 pub use config::DistilBertConfig;
@@ -90,36 +88,22 @@ impl DistilBert {
     }
 }
 
-impl MlmModel for DistilBert {
-    fn forward_mlm(&self, batch: &MlmBatch, mode: Mode) -> Result<MlmOutput> {
-        let (loss, logits, labels) =
-            self.model.masked_lm(&batch.input_ids, &batch.attention_mask, &batch.labels, mode)?;
-        Ok(MlmOutput { loss, logits, labels })
+impl Family for DistilBert {
+    type Net = DistilBertForMaskedLm;
+    fn net(&self) -> &DistilBertForMaskedLm {
+        &self.model
     }
-
-    fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        Ok(self.model.logits(input_ids, attention_mask, Mode::Eval))
+    fn vars(&self) -> &VarStore {
+        &self.vs
     }
-
-    fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        Ok(self.model.encode(input_ids, attention_mask, Mode::Eval))
+    fn export_config(&self) -> serde_json::Value {
+        self.config.to_hf_json(self.source_config.as_ref())
     }
-
-    fn parameters(&self) -> Result<Vec<Parameter>> {
-        Ok(store::parameters(&self.vs))
+    fn vocab_size(&self) -> i64 {
+        self.config.vocab_size
     }
-
-    fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        store::save_pretrained(&self.vs, &self.config.to_hf_json(self.source_config.as_ref()), dir)
-    }
-
-    fn info(&self) -> Result<ModelInfo> {
-        Ok(ModelInfo {
-            device: self.vs.device(),
-            vocab_size: self.config.vocab_size,
-            max_positions: self.config.max_position_embeddings,
-            num_parameters: store::num_parameters(&self.vs),
-        })
+    fn max_positions(&self) -> i64 {
+        self.config.max_position_embeddings
     }
 }
 
@@ -139,7 +123,7 @@ fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
         }
         (Some(_), Some(_)) => bail!("preset: give either a checkpoint or a preset, not both"),
     };
-    Ok(Box::new(model))
+    Ok(Box::new(Mlm(model)))
 }
 
 runner_api::declare_plugin!("distilbert", register);
@@ -161,6 +145,7 @@ pub fn register(r: &mut Registrar) {
         check: check_options,
         factory: Factory::Model(build),
     });
+    r.reads_model_types("distilbert", &["distilbert"]);
 }
 
 #[cfg(test)]

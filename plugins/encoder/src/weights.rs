@@ -142,6 +142,25 @@ pub fn write(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The first names of a long list, one per line, and how many more there are.
+fn listed(names: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut out = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("\n    ");
+    if names.len() > SHOWN {
+        out.push_str(&format!("\n    ... and {} more", names.len() - SHOWN));
+    }
+    out
+}
+
+/// The encoder prefix the unexpected tensors share (`bert` in `bert.encoder...`)
+/// when most of them have it and it is not this model's.
+fn other_family(unexpected: &[String], naming: &Naming) -> Option<String> {
+    let first = unexpected.first()?.split('.').next()?;
+    let sharing = unexpected.iter().filter(|n| n.split('.').next() == Some(first)).count();
+    let ours = naming.base.trim_end_matches('.');
+    (sharing * 2 > unexpected.len() && first != ours && unexpected.len() >= 4).then(|| first.to_string())
+}
+
 /// Loads `dir/model.safetensors` into `vars` and reports as transformers
 /// does: every missing and unexpected tensor is listed; unlike transformers, a
 /// missing encoder tensor that `allow_missing` does not name is an error,
@@ -169,17 +188,25 @@ pub fn load_checked(
             format!(
                 "\n  {} unexpected tensor(s) in the file (renamed, or layers the config lacks):\n    {}",
                 report.unexpected.len(),
-                report.unexpected.join("\n    ")
+                listed(&report.unexpected)
             )
+        };
+        let hint = match other_family(&report.unexpected, naming) {
+            Some(family) => format!(
+                "\n  the file's encoder is named `{family}.`, not `{}`: these weights are another family's \
+                 than config.json's model_type says; use the config.json that came with them",
+                naming.base
+            ),
+            None => String::new(),
         };
         bail!(
             "{} does not match {} ({depth_key} {layers}):\n  {} model tensor(s) missing from the file, which would \
-             start from random values:\n    {}{unexpected}\n  fix config.json, or let them start fresh with \
+             start from random values:\n    {}{unexpected}{hint}\n  fix config.json, or let them start fresh with \
              model.options.allow_missing: [names or prefixes]",
             weights.display(),
             dir.join("config.json").display(),
             report.missing.len(),
-            report.missing.join("\n    "),
+            listed(&report.missing),
         );
     }
     // A plugin's `tracing` is its own copy, with no subscriber: these go to

@@ -13,7 +13,7 @@ use jieba_rs::Jieba;
 
 use runner_api::{MaskedSequence, Masker, MaskingRates, RngCore, VocabInfo};
 
-use crate::words::{mask_each_word, words, Corrupter};
+use crate::words::{mask_each_word, Corrupter};
 
 /// CJK unified ideographs (and extensions, compatibility ideographs).
 fn is_cjk(c: char) -> bool {
@@ -34,7 +34,7 @@ impl ChineseWholeWordMasker {
             .tokens
             .iter()
             .map(|t| {
-                let mut chars = t.trim_start_matches("##").chars();
+                let mut chars = vocab.word_marks.bare(t).chars();
                 match (chars.next(), chars.next()) {
                     (Some(c), None) if is_cjk(c) => Some(c),
                     _ => None,
@@ -46,7 +46,7 @@ impl ChineseWholeWordMasker {
 
     /// Word ranges: jieba words over runs of Chinese characters, WordPiece words elsewhere.
     pub fn words(&self, ids: &[i64]) -> Vec<(usize, usize)> {
-        let base = words(ids, &self.vocab);
+        let base = self.vocab.words(ids);
         let char_of = |i: usize| self.cjk.get(ids[i] as usize).copied().flatten();
         let mut out = Vec::with_capacity(base.len());
         let mut k = 0;

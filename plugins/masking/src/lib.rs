@@ -156,17 +156,8 @@ fn build_span(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Resu
 /// their text; a token starting with `##` continues a word.
 #[cfg(test)]
 pub(crate) fn test_vocab(tokens: Vec<String>) -> VocabInfo {
-    let n = tokens.len();
-    VocabInfo {
-        vocab_size: n,
-        mask_id: 4,
-        pad_id: 0,
-        cls_id: 2,
-        sep_id: 3,
-        is_special: (0..n).map(|i| i < 5).collect(),
-        is_continuation: tokens.iter().map(|t| t.starts_with("##")).collect(),
-        tokens,
-    }
+    let special = runner_api::SpecialIds { mask: 4, pad: 0, cls: 2, sep: 3 };
+    VocabInfo::new(tokens, special, &[1], runner_api::WordMarks::ContinuationPrefix("##".into()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Word-level masking: `whole_word` and `span` (SpanBERT).
 //!
-//! A word is a non-special token followed by its WordPiece `##` continuations.
+//! Words are the tokenizer's own ([`VocabInfo::words`]): WordPiece `##`
+//! continuations, SentencePiece `▁` and byte-level `Ġ` word starts alike.
 //! Both strategies choose whole words, and decide `[MASK]` / random / unchanged
 //! once per chosen word or span, so a word is never left half hidden (the
 //! transformers whole-word collator decides per token, which leaks the rest of
@@ -14,22 +15,6 @@ use runner_api::{MaskedSequence, Masker, MaskingRates, RngCore, VocabInfo, IGNOR
 
 use crate::check_rates;
 
-/// Token ranges `start..end` of the words in `ids`; special tokens belong to none.
-pub fn words(ids: &[i64], vocab: &VocabInfo) -> Vec<(usize, usize)> {
-    let mut out: Vec<(usize, usize)> = Vec::new();
-    for (i, &id) in ids.iter().enumerate() {
-        let id = id as usize;
-        if vocab.is_special.get(id).copied().unwrap_or(false) {
-            continue;
-        }
-        let continues = vocab.is_continuation.get(id).copied().unwrap_or(false);
-        match out.last_mut() {
-            Some(last) if continues && last.1 == i => last.1 = i + 1,
-            _ => out.push((i, i + 1)),
-        }
-    }
-    out
-}
 
 /// Shared state of the word-level maskers.
 pub(crate) struct Corrupter {
@@ -81,7 +66,7 @@ impl WholeWordMasker {
 
 impl Masker for WholeWordMasker {
     fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence> {
-        Ok(mask_each_word(ids, &words(ids, &self.vocab), &self.corrupter, rng))
+        Ok(mask_each_word(ids, &self.vocab.words(ids), &self.corrupter, rng))
     }
 }
 
@@ -155,7 +140,7 @@ impl SpanMasker {
 impl Masker for SpanMasker {
     fn mask(&self, ids: &[i64], rng: &mut dyn RngCore) -> Result<MaskedSequence> {
         let mut out = unmasked(ids);
-        let words = words(ids, &self.vocab);
+        let words = self.vocab.words(ids);
         let tokens: usize = words.iter().map(|(s, e)| e - s).sum();
         // Stochastic rounding keeps the expected budget at exactly rate * tokens.
         let exact = self.corrupter.rates.rate * tokens as f64;
@@ -237,7 +222,7 @@ mod tests {
                 }
             }
             if whole_words {
-                for (s, e) in words(&ids, &v) {
+                for (s, e) in v.words(&ids) {
                     let labelled: Vec<bool> = (s..e).map(|i| out.labels[i] != IGNORE_INDEX).collect();
                     assert!(labelled.iter().all(|&l| l == labelled[0]), "a word was split: {:?}", &ids[s..e]);
                     let masked: Vec<bool> = (s..e).map(|i| out.input_ids[i] == v.mask_id).collect();

@@ -9,15 +9,13 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use serde::Deserialize;
 use tch::nn::VarStore;
-use tch::Tensor;
 
 use runner_api::{
-    parse_options, Component, Factory, MlmBatch, MlmModel, Mode, MlmOutput, ModelInfo, ModelSource, ParamDoc, Parameter,
+    parse_options, Component, Factory, MlmModel, ModelSource, ParamDoc,
     Registrar,
 };
 use runner_encoder::config::BertConfig;
-use runner_encoder::layers::MaskedLm;
-use runner_encoder::store;
+use runner_encoder::model::{Family, Mlm};
 use runner_encoder::weights::{self, Naming};
 
 pub use model::RobertaForMaskedLm;
@@ -143,45 +141,26 @@ impl Roberta {
         weights::load_checked(&roberta.vs.variables(), dir, &NAMING, allow_missing, depth)?;
         Ok(roberta)
     }
-
-    /// The longest sequence the model takes: positions start at `padding_idx + 1`.
-    pub fn max_positions(&self) -> i64 {
-        self.config.max_position_embeddings - self.config.pad_token_id - 1
-    }
 }
 
-impl MlmModel for Roberta {
-    fn forward_mlm(&self, batch: &MlmBatch, mode: Mode) -> Result<MlmOutput> {
-        let (loss, logits, labels) =
-            self.model.masked_lm(&batch.input_ids, &batch.attention_mask, &batch.labels, mode)?;
-        Ok(MlmOutput { loss, logits, labels })
+impl Family for Roberta {
+    type Net = RobertaForMaskedLm;
+    fn net(&self) -> &RobertaForMaskedLm {
+        &self.model
     }
-
-    fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        Ok(self.model.logits(input_ids, attention_mask, Mode::Eval))
+    fn vars(&self) -> &VarStore {
+        &self.vs
     }
-
-    fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        Ok(self.model.encode(input_ids, attention_mask, Mode::Eval))
-    }
-
-    fn parameters(&self) -> Result<Vec<Parameter>> {
-        Ok(store::parameters(&self.vs))
-    }
-
-    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+    fn export_config(&self) -> serde_json::Value {
         let architecture = if self.model_type == "xlm-roberta" { "XLMRobertaForMaskedLM" } else { "RobertaForMaskedLM" };
-        let config = self.config.to_hf_json_as(self.source_config.as_ref(), architecture, &self.model_type);
-        store::save_pretrained(&self.vs, &config, dir)
+        self.config.to_hf_json_as(self.source_config.as_ref(), architecture, &self.model_type)
     }
-
-    fn info(&self) -> Result<ModelInfo> {
-        Ok(ModelInfo {
-            device: self.vs.device(),
-            vocab_size: self.config.vocab_size,
-            max_positions: self.max_positions(),
-            num_parameters: store::num_parameters(&self.vs),
-        })
+    fn vocab_size(&self) -> i64 {
+        self.config.vocab_size
+    }
+    /// Positions start at `padding_idx + 1`.
+    fn max_positions(&self) -> i64 {
+        self.config.max_position_embeddings - self.config.pad_token_id - 1
     }
 }
 
@@ -201,7 +180,7 @@ fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
         }
         (Some(_), Some(_)) => bail!("preset: give either a checkpoint or a preset, not both"),
     };
-    Ok(Box::new(roberta))
+    Ok(Box::new(Mlm(roberta)))
 }
 
 runner_api::declare_plugin!("roberta", register);
@@ -227,6 +206,7 @@ pub fn register(r: &mut Registrar) {
         check: check_options,
         factory: Factory::Model(build),
     });
+    r.reads_model_types("roberta", &["roberta", "xlm-roberta"]);
 }
 
 #[cfg(test)]

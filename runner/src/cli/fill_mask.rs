@@ -1,4 +1,5 @@
-//! `runner fill-mask --model DIR TEXT`: top-k predictions for each `[MASK]`,
+//! `runner fill-mask --model DIR TEXT`: top-k predictions for each mask token
+//! (the model's own, `[MASK]` or `<mask>`; `[MASK]` is accepted for every family),
 //! with the same fields as the transformers fill-mask pipeline
 //! (`score`, `token`, `token_str`, `sequence`).
 
@@ -17,7 +18,7 @@ use crate::recipe::check::Problems;
 use crate::recipe::files;
 use crate::registry::Registry;
 
-/// One candidate for one `[MASK]`.
+/// One candidate for one mask token.
 #[derive(Debug, Clone, Serialize)]
 pub struct Candidate {
     pub score: f64,
@@ -26,7 +27,7 @@ pub struct Candidate {
     pub sequence: String,
 }
 
-/// Predicts every `[MASK]` of `text`: for each, the `top_k` candidates, best first.
+/// Predicts every mask token of `text`: for each, the `top_k` candidates, best first.
 pub fn predict(registry: &Registry, dir: &Path, text: &str, top_k: usize) -> Result<Vec<Vec<Candidate>>> {
     if top_k == 0 {
         return Err(user_msg("--top-k: must be at least 1, got 0"));
@@ -51,7 +52,10 @@ pub fn predict(registry: &Registry, dir: &Path, text: &str, top_k: usize) -> Res
     let vocab = tokenizer::vocab_info(&tok, &tok_path)?;
     let options = Options::new();
     let source = ModelSource { checkpoint: Some(dir), options: &options, device: tch::Device::Cpu, compute: tch::Kind::Float };
-    let model = components::model(registry, "bert", &source)?;
+    let family = files::model_for_checkpoint(&dir.join("config.json"), registry)
+        .map_err(|e| user_msg(format!("--model: {e}")))?
+        .unwrap_or_else(|| "bert".to_string());
+    let model = components::model(registry, &family, &source)?;
     let info = model.info()?;
     let max_positions = info.max_positions;
     if vocab.vocab_size as i64 > info.vocab_size {
@@ -63,11 +67,14 @@ pub fn predict(registry: &Registry, dir: &Path, text: &str, top_k: usize) -> Res
         )));
     }
 
-    let enc = tok.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+    // The model's own mask token; `[MASK]` is read as it too, whatever the family.
+    let mask_token = &vocab.tokens[vocab.mask_id as usize];
+    let text = if mask_token != "[MASK]" { text.replace("[MASK]", mask_token) } else { text.to_string() };
+    let enc = tok.encode(text.as_str(), true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
     let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
     let masks: Vec<usize> = ids.iter().enumerate().filter(|(_, &i)| i == vocab.mask_id).map(|(p, _)| p).collect();
     if masks.is_empty() {
-        return Err(user_msg("the text has no [MASK] token"));
+        return Err(user_msg(format!("the text has no mask token ({mask_token}, or [MASK])")));
     }
     if ids.len() as i64 > max_positions {
         return Err(user_msg(format!("the text has {} tokens; the model takes at most {max_positions}", ids.len())));
@@ -107,7 +114,7 @@ pub fn fill_mask(dir: &Path, text: &str, top_k: usize, json: bool) -> Result<()>
         return Ok(());
     }
     for (i, candidates) in per_mask.iter().enumerate() {
-        println!("[MASK] #{}", i + 1);
+        println!("mask #{}", i + 1);
         for c in candidates {
             println!("  {:.4}  {:<15} {}", c.score, c.token_str, c.sequence);
         }

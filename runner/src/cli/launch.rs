@@ -1,6 +1,6 @@
 //! `runner launch --nproc-per-node N RECIPE`: runs `runner run RECIPE` as N
 //! data-parallel workers on this machine (one of `--nnodes` machines), the
-//! way torchrun does; see `dist/launch.rs`.
+//! way torchrun does; see `distributed/launch.rs`.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::LaunchArgs;
-use crate::dist::launch::{launch as start, Launch};
+use crate::distributed::launch::{launch as start, Launch};
 
 /// Seconds stopped workers get between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);

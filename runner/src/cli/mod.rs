@@ -142,14 +142,14 @@ pub enum Command {
         #[arg(long)]
         plot: bool,
     },
-    /// Predict the [MASK] tokens of a text, like the transformers fill-mask pipeline.
+    /// Predict the mask tokens of a text, like the transformers fill-mask pipeline.
     FillMask {
         /// A Hugging Face model directory (config.json, model.safetensors, tokenizer.json).
         #[arg(long)]
         model: PathBuf,
-        /// Text with one or more [MASK] tokens.
+        /// Text with one or more mask tokens: the model's own (`<mask>` for RoBERTa) or [MASK].
         text: String,
-        /// How many candidates per [MASK].
+        /// How many candidates per mask.
         #[arg(long, default_value_t = 5)]
         top_k: usize,
         /// Print JSON instead of a table.

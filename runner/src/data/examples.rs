@@ -184,16 +184,9 @@ pub(crate) mod tests {
     use crate::data::store::Width;
 
     fn vocab() -> VocabInfo {
-        VocabInfo {
-            vocab_size: 100,
-            mask_id: 4,
-            pad_id: 0,
-            cls_id: 2,
-            sep_id: 3,
-            is_special: vec![],
-            is_continuation: vec![],
-            tokens: vec![],
-        }
+        let tokens = (0..100).map(|i| format!("t{i}")).collect();
+        let special = runner_api::SpecialIds { mask: 4, pad: 0, cls: 2, sep: 3 };
+        VocabInfo::new(tokens, special, &[], runner_api::WordMarks::EveryToken)
     }
 
     /// Packing as it was done in memory: the reference for the views.

@@ -181,3 +181,44 @@ fn the_quickstart_recipe_makes_todays_examples_and_batches() {
     };
     check(&case, &[(ExampleMode::Packed, 128), (ExampleMode::LineByLine, 128)], 16, 42);
 }
+
+/// Every family's examples are framed with its own start and end tokens, as its
+/// tokenizer's post-processor frames a text (`[CLS] … [SEP]`, `<s> … </s>`):
+/// a line-by-line example is the tokenizer's own encoding of its line, and a
+/// packed block starts and ends with them, one end token after each document.
+#[test]
+fn every_family_frames_examples_as_its_tokenizer_does() {
+    for family in ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert"] {
+        let case = Case {
+            dataset: TextDataset::new(TextOptions { documents: DocumentBoundary::Line, suffix: None }),
+            train: root().join("tests/fixtures/toy-corpus.txt"),
+            eval: None,
+            holdout: 0.2,
+            seed: 0,
+            max_train_documents: None,
+            tokenizer: root().join("tests/fixtures").join(family).join("tokenizer.json"),
+        };
+        check(&case, &[(ExampleMode::Packed, 32), (ExampleMode::LineByLine, 64)], 8, 7);
+        let tok = tokenizer::load(&case.tokenizer).unwrap();
+        let vocab = tokenizer::vocab_info(&tok, &case.tokenizer).unwrap();
+        let framed: std::collections::HashSet<Vec<u32>> = std::fs::read_to_string(&case.train)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| tok.encode(l, true).unwrap().get_ids().to_vec())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let store = case.store(dir.path(), &tok, &vocab);
+        let lines = Examples::new(store.train.clone(), ExampleMode::LineByLine, 64, &vocab);
+        for ex in all(&lines) {
+            assert!(framed.contains(&ex), "{family}: {ex:?} is not how the tokenizer frames a line");
+        }
+        let blocks = all(&Examples::new(store.train.clone(), ExampleMode::Packed, 32, &vocab));
+        let (cls, sep) = (vocab.cls_id as u32, vocab.sep_id as u32);
+        for b in &blocks {
+            assert!(b[0] == cls && b[b.len() - 1] == sep, "{family}: block {b:?}");
+        }
+        let ends: usize = blocks.iter().map(|b| b[1..b.len() - 1].iter().filter(|&&t| t == sep).count()).sum();
+        assert!(ends > 0, "{family}: documents inside blocks end with {}", vocab.tokens[sep as usize]);
+    }
+}

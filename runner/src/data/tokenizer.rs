@@ -1,12 +1,15 @@
-//! The WordPiece tokenizer from a checkpoint's `tokenizer.json`, and what the
-//! masker needs to know about its vocabulary.
+//! A checkpoint's tokenizer (`tokenizer.json`, any kind: WordPiece, byte-level
+//! BPE, SentencePiece) and what the masker needs to know about its vocabulary:
+//! the special tokens, named by the tokenizer's own files, and how its pieces
+//! mark word boundaries.
 
 use std::path::Path;
 
 use anyhow::Result;
+use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use runner_api::{Tokenize, VocabInfo};
+use runner_api::{SpecialIds, Tokenize, VocabInfo, WordMarks};
 
 use crate::error::user_msg;
 
@@ -20,36 +23,153 @@ pub fn load(path: &Path) -> Result<Tokenizer> {
     Ok(tok)
 }
 
-/// Vocabulary facts: special ids, `[MASK]`, WordPiece continuations.
+/// The files beside `tokenizer.json` that name its special tokens, in the
+/// order `transformers` reads them (a later one wins).
+const SPECIAL_TOKEN_FILES: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
+
+/// A special token's role: the keys that name it in those files, and the
+/// names it has in the vocabularies of the known families when no file does.
+struct Role {
+    what: &'static str,
+    keys: &'static [&'static str],
+    known: &'static [&'static str],
+}
+
+const MASK: Role = Role { what: "mask", keys: &["mask_token"], known: &["[MASK]", "<mask>"] };
+const PAD: Role = Role { what: "padding", keys: &["pad_token"], known: &["[PAD]", "<pad>"] };
+const CLS: Role = Role { what: "start", keys: &["cls_token", "bos_token"], known: &["[CLS]", "<s>"] };
+const SEP: Role = Role { what: "end", keys: &["sep_token", "eos_token"], known: &["[SEP]", "</s>"] };
+const UNK: Role = Role { what: "unknown", keys: &["unk_token"], known: &["[UNK]", "<unk>"] };
+
+/// Vocabulary facts: the special tokens and the word marks.
+///
+/// A special token is found, in this order: in `tokenizer_config.json` /
+/// `special_tokens_map.json` beside `path` (`mask_token`, `pad_token`,
+/// `cls_token` or `bos_token`, `sep_token` or `eos_token`), in the
+/// post-processor's template (start and end), or by the names the BERT and
+/// RoBERTa families give it. A tokenizer without a mask, padding, start or end
+/// token cannot frame or mask examples and is refused with the key to set.
 pub fn vocab_info(tok: &Tokenizer, path: &Path) -> Result<VocabInfo> {
-    let id = |t: &str| {
-        tok.token_to_id(t)
-            .map(i64::from)
-            .ok_or_else(|| user_msg(format!("{}: the vocabulary has no {t} token (a BERT WordPiece tokenizer is expected)", path.display())))
+    let json: Value = serde_json::from_str(&tok.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?)?;
+    let named = named_special_tokens(path)?;
+    let template = template_ends(&json);
+    let find = |role: &Role, from_template: Option<&String>| -> Result<Option<i64>> {
+        if let Some((file, token)) = role.keys.iter().find_map(|k| named.iter().rev().find_map(|(f, m)| m.get(*k).map(|t| (f, t)))) {
+            return match tok.token_to_id(token) {
+                Some(id) => Ok(Some(i64::from(id))),
+                None => Err(user_msg(format!(
+                    "{}: its {} token `{token}` is not in the vocabulary of {}",
+                    file.display(),
+                    role.what,
+                    path.display()
+                ))),
+            };
+        }
+        let candidates = from_template.into_iter().map(String::as_str).chain(role.known.iter().copied());
+        Ok(candidates.filter_map(|t| tok.token_to_id(t)).map(i64::from).next())
+    };
+    let need = |role: &Role, id: Option<i64>| {
+        id.ok_or_else(|| {
+            user_msg(format!(
+                "{}: the tokenizer has no {} token (none of {} is in its vocabulary); name it with `{}` in a tokenizer_config.json beside it",
+                path.display(),
+                role.what,
+                role.known.join(", "),
+                role.keys[0]
+            ))
+        })
+    };
+    let special = SpecialIds {
+        mask: need(&MASK, find(&MASK, None)?)?,
+        pad: need(&PAD, find(&PAD, None)?)?,
+        cls: need(&CLS, find(&CLS, template.as_ref().map(|t| &t.0))?)?,
+        sep: need(&SEP, find(&SEP, template.as_ref().map(|t| &t.1))?)?,
     };
     let vocab_size = tok.get_vocab_size(true);
-    let mut is_special = vec![false; vocab_size];
-    for (id, added) in tok.get_added_tokens_decoder() {
-        if added.special && (id as usize) < vocab_size {
-            is_special[id as usize] = true;
-        }
-    }
-    let (mask_id, pad_id, cls_id, sep_id) = (id("[MASK]")?, id("[PAD]")?, id("[CLS]")?, id("[SEP]")?);
-    for s in [mask_id, pad_id, cls_id, sep_id] {
-        is_special[s as usize] = true;
-    }
-    if let Some(unk) = tok.token_to_id("[UNK]") {
-        is_special[unk as usize] = true;
-    }
-    let mut is_continuation = vec![false; vocab_size];
+    let mut also: Vec<i64> = find(&UNK, None)?.into_iter().collect();
+    also.extend(tok.get_added_tokens_decoder().into_iter().filter(|(_, a)| a.special).map(|(id, _)| i64::from(id)));
     let mut tokens = vec![String::new(); vocab_size];
     for (token, id) in tok.get_vocab(true) {
-        if (id as usize) < vocab_size {
-            is_continuation[id as usize] = token.starts_with("##");
-            tokens[id as usize] = token;
+        if let Some(slot) = tokens.get_mut(id as usize) {
+            *slot = token;
         }
     }
-    Ok(VocabInfo { vocab_size, mask_id, pad_id, cls_id, sep_id, is_special, is_continuation, tokens })
+    Ok(VocabInfo::new(tokens, special, &also, word_marks(&json)))
+}
+
+/// The special-token names in the files beside `tokenizer`, each file with its
+/// `key → token` map. A value is a string or `{"content": ...}`.
+fn named_special_tokens(tokenizer: &Path) -> Result<Vec<(std::path::PathBuf, std::collections::BTreeMap<String, String>)>> {
+    let dir = tokenizer.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for name in SPECIAL_TOKEN_FILES {
+        let file = dir.join(name);
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| user_msg(format!("{}: not valid JSON: {e}", file.display())))?;
+        let keys = [MASK, PAD, CLS, SEP, UNK].into_iter().flat_map(|r| r.keys.iter().copied());
+        let map = keys
+            .filter_map(|k| {
+                let v = value.get(k)?;
+                let token = v.as_str().or_else(|| v.get("content")?.as_str())?;
+                Some((k.to_string(), token.to_string()))
+            })
+            .collect();
+        out.push((file, map));
+    }
+    Ok(out)
+}
+
+/// The first and last special token of the post-processor's single-sequence
+/// framing (`[CLS] $A [SEP]`, `<s> $A </s>`), if it has one.
+fn template_ends(json: &Value) -> Option<(String, String)> {
+    let post = json.get("post_processor")?;
+    let pair = |k: &str| post.get(k)?.get(0)?.as_str().map(str::to_string);
+    match post.get("type")?.as_str()? {
+        "BertProcessing" | "RobertaProcessing" => Some((pair("cls")?, pair("sep")?)),
+        "TemplateProcessing" => {
+            let single = post.get("single")?.as_array()?;
+            let special = |v: &Value| v.get("SpecialToken")?.get("id")?.as_str().map(str::to_string);
+            let first = single.first().and_then(special)?;
+            let last = single.last().and_then(special)?;
+            Some((first, last))
+        }
+        _ => None,
+    }
+}
+
+/// How the tokenizer's pieces mark word boundaries: WordPiece's continuation
+/// prefix, a Metaspace marker, or byte-level spaces.
+fn word_marks(json: &Value) -> WordMarks {
+    fn pre_tokenizer_types<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+        if let Some(list) = v.get("pretokenizers").and_then(Value::as_array) {
+            list.iter().for_each(|p| pre_tokenizer_types(p, out));
+        } else {
+            out.push(v);
+        }
+    }
+    let model = &json["model"];
+    if let Some(prefix) = model.get("continuing_subword_prefix").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+        if model["type"] == "WordPiece" {
+            return WordMarks::ContinuationPrefix(prefix.to_string());
+        }
+    }
+    if model["type"] == "WordPiece" {
+        return WordMarks::ContinuationPrefix("##".into());
+    }
+    let mut pre = Vec::new();
+    pre_tokenizer_types(&json["pre_tokenizer"], &mut pre);
+    for p in pre {
+        match p.get("type").and_then(Value::as_str) {
+            Some("ByteLevel") => return WordMarks::ByteLevel,
+            Some("Metaspace") => {
+                let marker = p.get("replacement").and_then(Value::as_str).unwrap_or("\u{2581}");
+                return WordMarks::WordMarker(marker.to_string());
+            }
+            _ => {}
+        }
+    }
+    WordMarks::EveryToken
 }
 
 /// The tokenizer as metrics see it ([`Tokenize`]): ids without special tokens.

@@ -117,10 +117,6 @@ pub struct ModelLimits {
     pub positions_after_padding: bool,
 }
 
-/// Which model component reads a checkpoint, by its `config.json` `model_type`.
-pub const MODEL_TYPES: &[(&str, &str)] =
-    &[("bert", "bert"), ("roberta", "roberta"), ("xlm-roberta", "roberta"), ("distilbert", "distilbert")];
-
 /// `model_type`s whose positions start at `padding_idx + 1`.
 const POSITIONS_AFTER_PADDING: &[&str] = &["roberta", "xlm-roberta"];
 
@@ -135,29 +131,26 @@ pub fn model_type(config: &Path) -> Option<String> {
 }
 
 /// The model component for a checkpoint whose `config.json` is `config`: the
-/// installed one that reads its `model_type` ([`MODEL_TYPES`]). `Ok(None)`
-/// when the config does not read (reported by [`model_folder`]).
+/// installed one that declares it reads its `model_type`
+/// ([`runner_api::Registrar::reads_model_types`]). `Ok(None)` when the config
+/// does not read (reported by [`model_folder`]).
 pub fn model_for_checkpoint(config: &Path, registry: &crate::registry::Registry) -> Result<Option<String>, String> {
     let Some(model_type) = model_type(config) else { return Ok(None) };
-    let installed: Vec<&str> = registry
-        .entries()
-        .iter()
-        .filter(|e| e.component.kind == runner_api::ComponentKind::Model)
-        .map(|e| e.component.name)
-        .collect();
-    match MODEL_TYPES.iter().find(|(t, _)| *t == model_type) {
-        Some((_, name)) if installed.contains(name) => Ok(Some(name.to_string())),
-        found => Err(format!(
-            "{}: model_type `{model_type}` is read by no installed model plugin ({}; installed model plugins: {}); \
-             install one, or name the model with model.name",
-            config.display(),
-            match found {
-                Some((_, name)) => format!("it needs `{name}`"),
-                None => format!("known model types: {}", MODEL_TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")),
-            },
-            if installed.is_empty() { "none".to_string() } else { installed.join(", ") },
-        )),
+    let models: Vec<&runner_api::guard::Registered> =
+        registry.entries().iter().map(|e| &e.component).filter(|c| c.kind == runner_api::ComponentKind::Model).collect();
+    if let Some(c) = models.iter().find(|c| c.model_types.contains(&model_type.as_str())) {
+        return Ok(Some(c.name.to_string()));
     }
+    let installed: Vec<String> = models
+        .iter()
+        .map(|c| if c.model_types.is_empty() { c.name.to_string() } else { format!("{} ({})", c.name, c.model_types.join(", ")) })
+        .collect();
+    Err(format!(
+        "{}: model_type `{model_type}` is read by no installed model plugin (installed model plugins, with the types they \
+         read: {}); install one, or name the model with model.name",
+        config.display(),
+        if installed.is_empty() { "none".to_string() } else { installed.join(", ") },
+    ))
 }
 
 /// A local model folder: `config.json` parses as a JSON object, `model.safetensors`

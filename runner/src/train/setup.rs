@@ -27,7 +27,7 @@ use crate::recipe::raw::Precision;
 use crate::recipe::{Recipe, TrainLength, Warmup};
 use crate::registry::Registry;
 use crate::report::MetricsTable;
-use crate::{components, device, dist};
+use crate::{components, device, distributed};
 
 /// A trainer ready to fit, and what the export after it needs.
 pub struct Built {
@@ -44,9 +44,9 @@ pub struct Built {
 /// already in the run folder.
 pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instant) -> Result<Built> {
     // This process's place in the job (one process unless torchrun, srun or `runner launch` started it).
-    let (world, collective) = dist::join(recipe)?;
+    let (world, collective) = distributed::join(recipe)?;
     let main = world.is_main();
-    let device = dist::device_of(recipe.device, &world);
+    let device = distributed::device_of(recipe.device, &world);
     if !recipe.precision_reason.is_empty() && main {
         tracing::info!("precision: {:?} ({})", recipe.precision, recipe.precision_reason);
     }
@@ -55,8 +55,8 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     }
     // hf:// models and datasets: fetched into the Hugging Face cache before anything is written
     // (by the first process; the others then find them there).
-    let sources = dist::first_then_others(collective.as_ref(), || crate::recipe::sources(recipe))?;
-    let threads = dist::threads_of(recipe.threads, &world);
+    let sources = distributed::first_then_others(collective.as_ref(), || crate::recipe::sources(recipe))?;
+    let threads = distributed::threads_of(recipe.threads, &world);
     device::set_threads(threads);
     tch::manual_seed(recipe.raw.run.seed as i64);
     let recipe_yaml = serde_yaml::to_string(&recipe.raw)?;
@@ -169,7 +169,7 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     };
     if main {
         tracing::info!(
-            "model: {} parameters on {:?}; {} steps of {} x {} x {} sequences (micro-batch x accumulation x processes), \
+            "model `{name}`: {} parameters on {:?}; {} steps of {} x {} x {} sequences (micro-batch x accumulation x processes), \
              warmup {}; eval on {} sequences ({} masked tokens)",
             info.num_parameters,
             info.device,
@@ -265,7 +265,7 @@ fn resume_point(folder: &mut RunDir, raw: &crate::recipe::RawRecipe) -> Result<O
 }
 
 /// The command that continues this run.
-fn resume_command(run_dir: &Path, world: &dist::World) -> String {
+fn resume_command(run_dir: &Path, world: &distributed::World) -> String {
     if world.world_size == 1 {
         format!("runner resume {}", run_dir.display())
     } else {

@@ -20,7 +20,7 @@ use super::signals::{Interrupted, StopRequests};
 use super::state::{copy_named, TrainState, Window};
 use crate::autocast::Autocast;
 use crate::data::{BatchMaker, EvalSet};
-use crate::dist::{self, Collective};
+use crate::distributed::{self, Collective};
 use crate::error::user_msg;
 use crate::eval::evaluate;
 use crate::report::{MetricsTable, Row};
@@ -54,7 +54,7 @@ pub struct Settings {
 pub struct Trainer {
     pub settings: Settings,
     pub model: Box<dyn MlmModel>,
-    /// The other processes of a data-parallel run (or [`dist::Single`]).
+    /// The other processes of a data-parallel run (or [`distributed::Single`]).
     pub collective: Box<dyn Collective>,
     pub batches: Arc<BatchMaker>,
     pub eval_set: EvalSet,
@@ -173,7 +173,7 @@ impl Trainer {
             // 3. gradients averaged over processes, then unscaled (fp16)
             let grads = self.state.optimizer.grads();
             let comm = Instant::now();
-            dist::buckets::all_reduce_mean(self.collective.as_ref(), &grads)?;
+            distributed::buckets::all_reduce_mean(self.collective.as_ref(), &grads)?;
             self.state.progress.stats.allreduce_seconds += comm.elapsed().as_secs_f64();
             let found_inf = match &self.state.scaler {
                 Some(scaler) => scaler.unscale(&grads)?,
@@ -265,7 +265,7 @@ impl Trainer {
                     let signal = asked.unwrap_or(if interrupts > 0.0 { libc::SIGINT } else { libc::SIGTERM });
                     return Err(anyhow::Error::new(Interrupted {
                         signal,
-                        name: dist::launch::signal_name(signal),
+                        name: distributed::launch::signal_name(signal),
                         step: done,
                         checkpoint: saved.map_or_else(|| "the run folder (by the first process)".to_string(), |d| d.display().to_string()),
                         command: self.settings.resume_command.clone(),

@@ -1,6 +1,8 @@
 //! The `{{name}}` plugin: a dataset, `{{name}}-records`, and a masking
 //! strategy, `{{name}}-long-words`, as a starting point. Add datasets, maskers,
-//! models or metrics in `register`.
+//! models or metrics in `register`. A model family also says which
+//! `config.json` `model_type`s it reads, so recipes get it from their
+//! checkpoint without naming it: `r.reads_model_types("my-model", &["my_type"])`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -87,7 +89,7 @@ impl Masker for LongWordMasker {
 fn build(options: &Options, rates: MaskingRates, vocab: &VocabInfo) -> Result<Box<dyn Masker>> {
     let opts: LongWordOptions = parse_options(options)?;
     let eligible = (0..vocab.vocab_size)
-        .map(|id| !vocab.is_special[id] && vocab.tokens[id].trim_start_matches("##").chars().count() >= opts.min_chars)
+        .map(|id| !vocab.is_special[id] && vocab.word_marks.bare(&vocab.tokens[id]).chars().count() >= opts.min_chars)
         .collect();
     Ok(Box::new(LongWordMasker { rates, mask_id: vocab.mask_id, eligible, replacements: vocab.replacement_ids() }))
 }

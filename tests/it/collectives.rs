@@ -5,13 +5,13 @@
 //! passes Ctrl-C on, and never leaves a worker behind.
 //!
 //! The two-process tests start this test binary again, running only the
-//! ignored test `dist::peer`, with `DIST_TEST_ROLE` saying what it does.
+//! ignored test `collectives::peer`, with `DIST_TEST_ROLE` saying what it does.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use runner::dist::{Backend, Collective, ProcessGroup, World};
+use runner::distributed::{Backend, Collective, ProcessGroup, World};
 use tch::{Kind, Tensor};
 
 use crate::common::{assert_error, free_port, runner, runner_command, signal, stderr, stdout};
@@ -19,7 +19,7 @@ use crate::common::{assert_error, free_port, runner, runner_command, signal, std
 const ROLE: &str = "DIST_TEST_ROLE";
 
 /// The name libtest gives the test `peer` below: its module path without the
-/// crate (`dist::peer`), which `--exact` must be given.
+/// crate (`collectives::peer`), which `--exact` must be given.
 fn peer_test() -> String {
     match module_path!().split_once("::") {
         Some((_, module)) => format!("{module}::peer"),
