@@ -98,6 +98,9 @@ pub struct RunSection {
     pub seed: u64,
     #[serde(default = "default_output_dir")]
     pub output_dir: PathBuf,
+    /// Write TensorBoard event files into `<run>/tensorboard/` (first process only).
+    #[serde(default = "default_true")]
+    pub tensorboard: bool,
 }
 
 /// How a corpus becomes fixed-length examples.

@@ -204,6 +204,8 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
     let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success());
     std::fs::write(w.join("a-file"), "not a folder\n").unwrap();
+    std::fs::create_dir_all(w.join("events-file/tiny")).unwrap();
+    std::fs::write(w.join("events-file/tiny/tensorboard"), "not a folder\n").unwrap();
     let ro = w.join("read-only");
     std::fs::create_dir(&ro).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
@@ -277,6 +279,8 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
     let set = |what, sets: &[&str], needle: &str| v(what, &tiny, sets, needle);
     let out_file = format!("run.output_dir={}", ws("a-file"));
     let out_ro = format!("run.output_dir={}", ro.display());
+    let out_events_file = format!("run.output_dir={}", ws("events-file"));
+    let events_file_message = format!("run.tensorboard: {} is a file, not a folder", ws("events-file/tiny/tensorboard"));
     let long_name = format!("run.name={}", "n".repeat(300));
     let train = |p: &str| format!("data.train={p}");
     let ckpt = |p: &str| format!("model.checkpoint={p}");
@@ -313,6 +317,7 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         set("absolute run name", &["run.name=/tmp/x"], "run.name: `/tmp/x` must be a name, not a path"),
         set("run name too long", &[&long_name], "the file system takes at most 255"),
         set("output_dir is a file", &[&out_file], "is a file, not a folder"),
+        row("tensorboard/ is a file", &["run", &tiny, "--set", &out_events_file], &events_file_message),
         // --set itself.
         set("--set unknown key", &["masking.rat=0.3"], "did you mean `rate`?"),
         set("--set without =", &["training.lr"], "expected key.path=value"),

@@ -22,3 +22,4 @@ mod plugins;
 mod probe;
 mod resume;
 mod sweep;
+mod tensorboard;

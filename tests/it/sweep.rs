@@ -72,7 +72,9 @@ fn sweep_runs_resumes_and_reports() {
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(dirs, RUNS.iter().map(|r| r.0.to_string()).collect::<BTreeSet<_>>());
+    // The runs' folders, and the sweep's TensorBoard experiment (what its HParams tab compares).
+    let expected: BTreeSet<String> = RUNS.iter().map(|r| r.0).chain(["tensorboard"]).map(str::to_string).collect();
+    assert_eq!(dirs, expected);
 
     // Eval masks are fixed at 15% (eval.masking_rate) for every training rate, so
     // the eval before the first step scores the same tokens in every run.

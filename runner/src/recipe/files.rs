@@ -66,11 +66,17 @@ fn writable(dir: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
-/// `run.output_dir` (and the run's folder in it, if there) must be folders this
+/// `run.output_dir` (and the run's folder in it, if there, and its
+/// `tensorboard/` when the run writes event files) must be folders this
 /// process can write to; a missing one is created by the run, so its nearest
 /// existing parent must be.
-pub fn output_dir(p: &mut Problems, dir: &Path, run_dir: &Path) {
-    for (key, path) in [("run.output_dir", dir), ("run.name", run_dir)] {
+pub fn output_dir(p: &mut Problems, dir: &Path, run_dir: &Path, tensorboard: bool) {
+    let events = run_dir.join("tensorboard");
+    let mut folders = vec![("run.output_dir", dir), ("run.name", run_dir)];
+    if tensorboard {
+        folders.push(("run.tensorboard", &events));
+    }
+    for (key, path) in folders {
         match std::fs::metadata(path) {
             Ok(m) if !m.is_dir() => {
                 return p.push(key, format!("{} is a file, not a folder; results need a folder there", path.display()));

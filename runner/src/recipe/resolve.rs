@@ -88,7 +88,7 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
     let checked = check::values(&raw, &mut p);
     let run_dir = raw.run.output_dir.join(&raw.run.name);
     if p.0.iter().all(|e| !e.starts_with("run.name")) {
-        files::output_dir(&mut p, &raw.run.output_dir, &run_dir);
+        files::output_dir(&mut p, &raw.run.output_dir, &run_dir, raw.run.tensorboard);
     }
 
     // data

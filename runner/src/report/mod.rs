@@ -8,6 +8,7 @@
 
 pub mod plot;
 pub mod table;
+pub mod tensorboard;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +31,11 @@ pub struct Row {
     /// fp16: the loss scale after this step, and the steps skipped so far.
     pub loss_scale: Option<f64>,
     pub skipped_steps: Option<u64>,
+    /// The gradients' global norm before clipping, at this step (none on a
+    /// step skipped for inf/NaN gradients; checkpoints written before it was
+    /// kept have none either).
+    #[serde(default)]
+    pub grad_norm: Option<f64>,
     /// Eval metric values by name (`eval_loss`, `perplexity`, `accuracy`, ...).
     pub eval: BTreeMap<String, f64>,
 }
@@ -64,6 +70,7 @@ impl MetricsTable {
                 last.tokens_per_s = last.tokens_per_s.or(row.tokens_per_s);
                 last.loss_scale = last.loss_scale.or(row.loss_scale);
                 last.skipped_steps = last.skipped_steps.or(row.skipped_steps);
+                last.grad_norm = last.grad_norm.or(row.grad_norm);
                 last.eval.extend(row.eval);
                 last.elapsed_s = last.elapsed_s.max(row.elapsed_s);
                 return;
@@ -78,6 +85,7 @@ impl MetricsTable {
             Column::new("epoch".into(), rows.iter().map(|r| r.epoch).collect::<Vec<f64>>()),
             Column::new("lr".into(), rows.iter().map(|r| r.lr).collect::<Vec<f64>>()),
             Column::new("train_loss".into(), rows.iter().map(|r| r.train_loss).collect::<Vec<Option<f64>>>()),
+            Column::new("grad_norm".into(), rows.iter().map(|r| r.grad_norm).collect::<Vec<Option<f64>>>()),
         ];
         for name in &self.eval_columns {
             let values: Vec<Option<f64>> = rows.iter().map(|r| r.eval.get(name).copied()).collect();

@@ -135,7 +135,7 @@ where
     panel(&panels[1], &title, &words(lm), &ppl, &names, log)?;
     if let Some(column) = probe {
         let acc: Vec<Vec<(f64, f64)>> = runs.runs.iter().map(|r| series(&r.metrics, &column)).collect();
-        panel(&panels[2], &format!("{column} vs step"), &column, &acc, &names, false)?;
+        panel(&panels[2], &format!("{} vs step", words(&column)), &words(&column), &acc, &names, false)?;
     }
     Ok(())
 }
@@ -194,6 +194,10 @@ fn draw_lines<'a, DB: DrawingBackend + 'a, Y: Ranged<ValueType = f64> + plotters
         .configure_mesh()
         .x_desc("step")
         .y_desc(y_label)
+        .x_labels(8)
+        .y_labels(8)
+        .x_label_formatter(&|x| step_label(*x))
+        .y_label_formatter(&|y| short_number(*y))
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))
         .draw()?;
@@ -208,6 +212,37 @@ fn draw_lines<'a, DB: DrawingBackend + 'a, Y: Ranged<ValueType = f64> + plotters
     legend(&mut chart)
 }
 
+/// A step tick's label: the integer, or nothing between integers (a run of a
+/// few steps, where the ticks fall on halves).
+fn step_label(x: f64) -> String {
+    if (x - x.round()).abs() < 1e-6 {
+        short_number(x.round())
+    } else {
+        String::new()
+    }
+}
+
+/// A number as a short label: `12`, `3.5`, `0.042`, `25k`, `1.2M`.
+fn short_number(v: f64) -> String {
+    let trim = |s: String| if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    let a = v.abs();
+    if a >= 1e9 {
+        trim(format!("{:.1}", v / 1e9)) + "G"
+    } else if a >= 1e6 {
+        trim(format!("{:.1}", v / 1e6)) + "M"
+    } else if a >= 1e4 {
+        trim(format!("{:.1}", v / 1e3)) + "k"
+    } else if a >= 100.0 || a == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        trim(format!("{v:.2}"))
+    } else if a < 1e-3 {
+        format!("{v:.1e}")
+    } else {
+        trim(format!("{v:.3}"))
+    }
+}
+
 fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
@@ -218,4 +253,23 @@ fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
         .draw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_short() {
+        assert_eq!(short_number(100000.0), "100k");
+        assert_eq!(short_number(1_240_000.0), "1.2M");
+        assert_eq!(short_number(25_000.0), "25k");
+        assert_eq!(short_number(140.0), "140");
+        assert_eq!(short_number(3.5), "3.5");
+        assert_eq!(short_number(7.0), "7");
+        assert_eq!(short_number(0.042), "0.042");
+        assert_eq!(short_number(0.0), "0");
+        assert_eq!(step_label(120.0), "120");
+        assert_eq!(step_label(2.5), "");
+    }
 }

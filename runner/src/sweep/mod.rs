@@ -13,7 +13,7 @@ pub mod template;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_yaml::Value;
 
 use crate::error::user_msg;
@@ -243,6 +243,12 @@ pub fn execute(plan: &Plan, registry: &Registry, overwrite: bool, mut on_done: i
         };
         on_done(i, run, &d);
         done.push(d);
+        if i == 0 && run.recipe.raw.run.tensorboard {
+            // Once the first run has declared its columns; the HParams tab uses it from then on.
+            if let Err(e) = write_experiment(plan, &run.recipe) {
+                tracing::warn!("the sweep's TensorBoard experiment was not written: {e:#}");
+            }
+        }
     }
     Ok(done)
 }
@@ -278,6 +284,39 @@ fn write_manifest(plan: &Plan) -> Result<()> {
         serde_json::to_writer_pretty(&mut *f, &manifest)?;
         Ok(())
     })
+}
+
+/// The common settings listed in TensorBoard's HParams tab beside the swept keys.
+const COMMON_HPARAMS: [&str; 7] = ["model.name", "model.checkpoint", "training.lr", "masking.rate", "training.batch_size", "training.max_steps", "training.epochs"];
+
+/// `tensorboard/` in the sweep directory: the hparams plugin's experiment (the
+/// swept keys and the common settings, with the types `first`'s values have;
+/// the training loss and every eval column `first` declared as metrics), so
+/// that the runs compare side by side in the HParams tab.
+fn write_experiment(plan: &Plan, first: &crate::recipe::Recipe) -> Result<()> {
+    use crate::report::tensorboard::{flatten, EventWriter};
+    let resolved = flatten(&serde_yaml::to_value(&first.raw)?);
+    let mut keys: Vec<&str> = plan.axes.iter().map(|a| a.key.as_str()).collect();
+    for k in COMMON_HPARAMS {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let swept = |key: &str| plan.axes.iter().any(|a| a.key == key && a.values.len() > 1);
+    let hparams: Vec<_> = keys
+        .iter()
+        .filter_map(|k| resolved.iter().find(|(name, _)| name == k).map(|(name, v)| (name.clone(), v.clone(), swept(k))))
+        .collect();
+    let mut metrics: Vec<String> = vec!["train/loss".to_string()];
+    let columns = crate::report::read_columns(&first.run_dir);
+    metrics.extend(columns.iter().map(|c| format!("eval/{}", c.name)));
+    let dir = plan.dir.join("tensorboard");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+    }
+    let mut tb = EventWriter::create(&dir)?;
+    tb.experiment(&hparams, &metrics)?;
+    tb.flush()
 }
 
 /// The manifest's file name in a sweep directory (`runner report` reads it too).

@@ -16,6 +16,7 @@
 //! and `fit` starts at the state's step, so a resume replays nothing.
 
 pub mod checkpoint;
+pub mod events;
 pub mod optimizer;
 pub mod resume;
 pub mod run_dir;

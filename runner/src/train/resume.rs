@@ -1,6 +1,7 @@
 //! What a resume accepts: the recipe a checkpoint was saved with against the
 //! one given now. Keys that cannot change the result may differ (how often to
-//! log, eval and checkpoint, threads, how processes talk, where results go);
+//! log, eval and checkpoint, threads, how processes talk, where results go,
+//! whether TensorBoard files are written);
 //! `training.max_steps` may grow (the schedule is then stretched, so it is no
 //! longer the same run, and a warning says so); `training.grad_accum_steps`
 //! may change with the number of processes as long as the global batch stays
@@ -18,6 +19,7 @@ use crate::error::user_msg;
 const FREE: &[&str] = &[
     "run.output_dir",
     "run.name",
+    "run.tensorboard",
     "eval.every",
     "training.log_every",
     "training.threads",
@@ -116,6 +118,9 @@ mod tests {
     fn keys_that_cannot_change_the_result_may_differ() {
         let now = SAVED.replace("log_every: 5", "log_every: 1").replace("every: 5}", "every: 2}").replace("name: a", "name: b");
         assert!(check(SAVED, &now, batch(8, 2, 1), batch(8, 2, 1), 4).unwrap().is_empty());
+        // TensorBoard files switched off, or a checkpoint from before the switch existed.
+        let off = SAVED.replace("seed: 1}", "seed: 1, tensorboard: false}");
+        assert!(check(SAVED, &off, batch(8, 2, 1), batch(8, 2, 1), 4).unwrap().is_empty());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use runner_api::{ColumnSpec, Metric, ModelSource};
 
 use super::checkpoint::{self, GlobalBatch};
+use super::events::RunEvents;
 use super::optimizer::{AdamW, AdamWConfig};
 use super::resume;
 use super::run_dir::{RunDir, Start};
@@ -222,6 +223,7 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
             scaler: fp16.then(|| LossScaler::new(ScalerConfig::default(), info.device)),
         },
         model_metric_seconds: 0.0,
+        events: RunEvents::off(),
     };
     if let Some(dir) = resume_from {
         trainer.restore(&checkpoint::load(&dir)?)?;
@@ -230,6 +232,9 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     // Every process starts from the first one's weights and state.
     if world.world_size > 1 {
         trainer.share_state()?;
+    }
+    if main && recipe.raw.run.tensorboard {
+        trainer.events = RunEvents::open(recipe, trainer.state.progress.step)?;
     }
     if main {
         tracing::info!("ready to train {:.2}s after start", started.elapsed().as_secs_f64());

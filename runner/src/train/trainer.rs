@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use runner_api::{Metric, MlmModel, Mode};
 
 use super::checkpoint::{self, GlobalBatch};
+use super::events::RunEvents;
 use super::run_dir::RunDir;
 use super::schedule::LrSchedule;
 use super::signals::{Interrupted, StopRequests};
@@ -65,6 +66,8 @@ pub struct Trainer {
     pub state: TrainState,
     /// Seconds this process spent in metrics that run the model themselves.
     pub model_metric_seconds: f64,
+    /// The TensorBoard event file (first process, unless `run.tensorboard: false`).
+    pub events: RunEvents,
 }
 
 /// The dropout key of global micro-batch `index` in a run seeded with `seed`.
@@ -110,12 +113,14 @@ impl Trainer {
     }
 
     /// Adds a row; the first process writes the tables at once, so a killed
-    /// run keeps every row it logged.
+    /// run keeps every row it logged, and then the row's TensorBoard scalars.
     fn push_row(&mut self, row: Row) -> Result<()> {
+        let (step, scalars) = (row.step, self.events.scalars_of(&row));
         self.table.push(&mut self.state.progress.rows, row);
         if self.is_main() {
             self.table.write(&self.state.progress.rows, &self.folder.path)?;
         }
+        self.events.scalars(step, &scalars);
         Ok(())
     }
 
@@ -193,8 +198,9 @@ impl Trainer {
             }
             // 4. clip, update (skipped on an inf/NaN gradient under fp16), clear
             let skip = inf_count > 0.0;
+            let mut grad_norm = None;
             if !skip {
-                self.state.optimizer.clip_grad_norm(self.settings.max_grad_norm)?;
+                grad_norm = Some(self.state.optimizer.clip_grad_norm(self.settings.max_grad_norm)?);
                 self.state.optimizer.step(lr)?;
             }
             if let Some(scaler) = &mut self.state.scaler {
@@ -229,6 +235,7 @@ impl Trainer {
                     elapsed_s: started.elapsed().as_secs_f64(),
                     loss_scale: self.state.scaler.as_ref().map(|s| s.value()),
                     skipped_steps: self.state.scaler.as_ref().map(|s| s.skipped),
+                    grad_norm,
                     ..Default::default()
                 };
                 self.push_row(row)?;
@@ -268,6 +275,7 @@ impl Trainer {
         }
         drop(stop);
         bar.finish_and_clear();
+        self.events.finish(total);
         if self.is_main() {
             let stats = &self.state.progress.stats;
             tracing::info!(
@@ -291,6 +299,15 @@ impl Trainer {
                     None => String::new(),
                 }
             );
+            let events = &self.events;
+            if events.written > 0 {
+                tracing::debug!(
+                    "TensorBoard: {} events written in {:.1} ms, {:.4}% of the training loop's wall time",
+                    events.written,
+                    1e3 * events.seconds,
+                    100.0 * events.seconds / started.elapsed().as_secs_f64().max(1e-9)
+                );
+            }
         }
         Ok(())
     }
