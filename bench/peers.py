@@ -12,7 +12,8 @@ peer `sparse`: the same model with the MLM head and loss computed only at masked
 
 Both read the same packed 128-token blocks the runner trains on (written by bench/run.py),
 train `--warmup + --steps` steps at a constant learning rate, and print one JSON line:
-tokens/s over the measured steps, eval loss on fixed held-out blocks, peak RSS.
+tokens/s over the measured steps, eval loss on fixed held-out blocks, peak RSS, and on a
+GPU (`--device cuda`, as bench/gpu.sh runs them) peak GPU memory.
 """
 
 import argparse
@@ -56,7 +57,7 @@ def tokenizer_for(folder):
     )
 
 
-def evaluate(model, blocks, tokenizer, batch=32):
+def evaluate(model, blocks, tokenizer, batch=32, device="cpu"):
     """Mean cross-entropy over masked tokens of `blocks`, in float32, with masks
     drawn from a fixed seed: every model scored here sees the same masks."""
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
@@ -68,6 +69,7 @@ def evaluate(model, blocks, tokenizer, batch=32):
         for i in range(0, len(blocks), batch):
             b = collator([{"input_ids": r} for r in blocks[i : i + batch]])
             ids, labels = b["input_ids"], b["labels"]
+            ids, labels = ids.to(device), labels.to(device)
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
             total += float(torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels.view(-1), reduction="sum"))
             count += int((labels != -100).sum())
@@ -108,6 +110,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bench/gpu.sh)")
+    ap.add_argument("--no-eval", action="store_true", help="measure speed only (no eval loss)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -127,6 +131,8 @@ def main():
         model = model_class(config)
     else:
         model = BertForMaskedLM.from_pretrained(args.model, attn_implementation="sdpa")
+    device = torch.device(args.device)
+    model.to(device)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
     no_decay = ("bias", "LayerNorm.weight")
     named = list(model.named_parameters())
@@ -139,10 +145,14 @@ def main():
     )
     train = load_blocks(args.train)
     evalb = load_blocks(args.eval)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def step_loss(batch):
-        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        ids, mask, labels = (batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels"))
         with autocast:
             if args.peer == "hf":
                 return model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -154,6 +164,7 @@ def main():
     tokens, t0 = 0, None
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
+            synchronize()
             t0 = time.perf_counter()
         rows = train[order[step * args.batch : (step + 1) * args.batch]]
         batch = collator([{"input_ids": r} for r in rows])
@@ -165,6 +176,7 @@ def main():
         opt.zero_grad(set_to_none=True)
         if step >= args.warmup:
             tokens += batch["input_ids"].numel()
+    synchronize()
     seconds = time.perf_counter() - t0
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # training's peak, before eval
@@ -172,8 +184,9 @@ def main():
         "peer": args.peer,
         "precision": args.precision,
         "tokens_per_s": tokens / seconds,
-        "eval_loss": evaluate(model.float(), evalb, tokenizer),
+        "eval_loss": None if args.no_eval else evaluate(model.float(), evalb, tokenizer, device=device),
         "peak_rss_mb": peak_rss_mb,
+        "peak_device_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
     }))
 
 

@@ -104,7 +104,7 @@ fn three_steps(f: &Family, model: &dyn MlmModel, e: &HashMap<String, Tensor>) ->
         let loss = model.forward_mlm(&b, Mode::Train { dropout_key: 1 }).unwrap().loss;
         losses.push(loss.double_value(&[]));
         loss.backward();
-        opt.clip_grad_norm(Some(g("max_grad_norm"))).unwrap();
+        let _ = opt.clip_grad_norm(Some(g("max_grad_norm"))).unwrap();
         opt.step(g("lr")).unwrap();
     }
     losses.push(tch::no_grad(|| model.forward_mlm(&b, Mode::Eval).unwrap().loss.double_value(&[])));

@@ -51,7 +51,7 @@ fn three_steps(model: &Mlm<Bert>, e: &HashMap<String, Tensor>) -> Vec<f64> {
         let loss = model.forward_mlm(&b, Mode::Train { dropout_key: 1 }).unwrap().loss;
         losses.push(loss.double_value(&[]));
         loss.backward();
-        opt.clip_grad_norm(Some(f("max_grad_norm"))).unwrap();
+        let _ = opt.clip_grad_norm(Some(f("max_grad_norm"))).unwrap();
         opt.step(f("lr")).unwrap();
     }
     let last = tch::no_grad(|| model.forward_mlm(&b, Mode::Eval).unwrap().loss.double_value(&[]));
@@ -258,7 +258,7 @@ fn fp16_loss_scaling_matches_torch_grad_scaler() {
             let _ = params[cfg["inf_param"].as_str().unwrap()].grad().get(0).get(0).fill_(f64::INFINITY);
         }
         let found_inf = scaler.unscale(&opt.grads()).unwrap() > 0.0;
-        opt.clip_grad_norm(Some(f("max_grad_norm"))).unwrap();
+        let _ = opt.clip_grad_norm(Some(f("max_grad_norm"))).unwrap();
         if !found_inf {
             opt.step(f("lr")).unwrap();
         }

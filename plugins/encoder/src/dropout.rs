@@ -1,4 +1,4 @@
-//! Dropout with masks drawn from a counter-based generator, for the CPU.
+//! Dropout with masks drawn from a counter-based generator, on every device.
 //!
 //! `torch.nn.functional.dropout` on the CPU fills a float tensor with
 //! `bernoulli_`, divides it by `1 - p` and multiplies: on a 2-core machine the
@@ -17,7 +17,13 @@
 //! probability is rounded to a multiple of 2^-16 (0.1 becomes 0.1000061) and
 //! the keep scale uses the rounded value, so the expectation stays exact.
 //!
-//! On other devices torch's own (fused) dropout is used.
+//! On other devices (CUDA) the same hash is computed with int64 tensor ops on
+//! the device ([`MaskRng::mask_on`]): wrapping multiplication, xor, and shifts
+//! masked to act as logical ones. It gives the CPU kernel's masks bit for bit
+//! (tested on the CPU), so a CUDA run draws the masks a CPU run draws, keyed
+//! only by (run seed, global micro-batch index): not by torch's generator, the
+//! rank or the number of processes. It costs about twenty elementwise kernels
+//! over a quarter of the mask's elements per mask.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,18 +58,26 @@ impl MaskRng {
         if !train || p <= 0.0 {
             return x.shallow_clone();
         }
-        if x.device() != Device::Cpu || p >= 1.0 {
-            return x.dropout(p, true);
+        if p >= 1.0 {
+            return x * 0.0;
         }
-        x * self.mask(&x.size(), x.kind(), p)
+        match x.device() {
+            Device::Cpu => x * self.mask(&x.size(), x.kind(), p),
+            device => x * self.mask_on(&x.size(), x.kind(), p, device),
+        }
+    }
+
+    /// The key, drop threshold (of 2^16) and keep scale of the next mask.
+    fn next(&self, p: f64) -> (u64, u16, f64) {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        let key = mix(self.key ^ mix(call.wrapping_add(1).wrapping_mul(GOLDEN)));
+        let threshold = ((p * 65536.0).round() as u32).clamp(1, 65535) as u16;
+        (key, threshold, 65536.0 / (65536.0 - threshold as f64))
     }
 
     /// A fresh mask of `0` and `1 / (1 - p)` values, `p` in (0, 1), on the CPU.
     pub fn mask(&self, shape: &[i64], kind: Kind, p: f64) -> Tensor {
-        let call = self.calls.fetch_add(1, Ordering::Relaxed);
-        let key = mix(self.key ^ mix(call.wrapping_add(1).wrapping_mul(GOLDEN)));
-        let threshold = ((p * 65536.0).round() as u32).clamp(1, 65535) as u16;
-        let scale = 65536.0 / (65536.0 - threshold as f64);
+        let (key, threshold, scale) = self.next(p);
         // Written directly in float32, float64 and bf16; any other kind via float32.
         let written = match kind {
             Kind::Double | Kind::BFloat16 => kind,
@@ -88,6 +102,40 @@ impl MaskRng {
         }
         if written == kind { mask } else { mask.to_kind(kind) }
     }
+}
+
+impl MaskRng {
+    /// The mask [`mask`](Self::mask) would draw next, computed on `device` with
+    /// tensor ops: the same values, bit for bit, on any device. Nothing is read
+    /// back to the host and nothing is copied to the device.
+    pub fn mask_on(&self, shape: &[i64], kind: Kind, p: f64, device: Device) -> Tensor {
+        let (key, threshold, scale) = self.next(p);
+        let n: i64 = shape.iter().product();
+        let words = Tensor::arange((n + 3) / 4, (Kind::Int64, device));
+        // int64 arithmetic wraps as u64 arithmetic does, bit for bit.
+        let r = mix_tensor(words.f_mul_scalar(GOLDEN as i64).unwrap().f_add_scalar(key as i64).unwrap());
+        // Element 4w + l reads bits 16l..16l+16 of word w; `& 0xFFFF` undoes the
+        // sign extension of torch's arithmetic shift.
+        let lane = |l: i64| r.bitwise_right_shift_tensor_scalar(16 * l).bitwise_and(0xFFFF);
+        let lanes = Tensor::stack(&[lane(0), lane(1), lane(2), lane(3)], 1).flatten(0, 1).narrow(0, 0, n);
+        let written = if kind == Kind::Double { Kind::Double } else { Kind::Float };
+        // 1 * scale rounds as `scale as f32` does; bf16 and others then round
+        // from float32 as the CPU kernel's bf16 and `to_kind` do.
+        let mask = lanes.ge(threshold as i64).to_kind(written).f_mul_scalar(scale).unwrap().reshape(shape);
+        if written == kind { mask } else { mask.to_kind(kind) }
+    }
+}
+
+/// [`mix`] on every element of an int64 tensor (consumed and reused in place).
+fn mix_tensor(mut z: Tensor) -> Tensor {
+    // A logical right shift by s: arithmetic shift, then keep the low 64 - s bits.
+    let shr = |z: &Tensor, s: i64| z.bitwise_right_shift_tensor_scalar(s).bitwise_and(((1u64 << (64 - s)) - 1) as i64);
+    let _ = z.bitwise_xor_tensor_(&shr(&z, 30));
+    let _ = z.f_mul_scalar_(0xBF58_476D_1CE4_E5B9u64 as i64).unwrap();
+    let _ = z.bitwise_xor_tensor_(&shr(&z, 27));
+    let _ = z.f_mul_scalar_(0x94D0_49BB_1331_11EBu64 as i64).unwrap();
+    let _ = z.bitwise_xor_tensor_(&shr(&z, 31));
+    z
 }
 
 /// Writes `keep` or `drop` into every element, four elements per hash, on
@@ -218,6 +266,26 @@ mod tests {
         let m = values(&MaskRng::new(1).mask(&[10_000], Kind::BFloat16, 0.1));
         let keep = m.iter().copied().find(|&v| v != 0.0).unwrap();
         assert_eq!(keep, Tensor::from(1.0f32 / 0.9).to_kind(Kind::BFloat16).to_kind(Kind::Float).double_value(&[]) as f32);
+    }
+
+    /// The tensor-op masks that CUDA uses equal the CPU kernel's bit for bit,
+    /// in every kind, for odd sizes, small and large p.
+    #[test]
+    fn tensor_op_masks_equal_the_cpu_kernel_bit_for_bit() {
+        for kind in [Kind::Float, Kind::Double, Kind::BFloat16, Kind::Half] {
+            for (shape, p) in [(vec![7_i64], 0.1), (vec![3, 5, 33], 0.5), (vec![2, 4, 128, 128], 0.1), (vec![1001], 0.9999)] {
+                let (cpu, ops) = (MaskRng::new(42), MaskRng::new(42));
+                for _ in 0..2 {
+                    let a = cpu.mask(&shape, kind, p);
+                    let b = ops.mask_on(&shape, kind, p, Device::Cpu);
+                    assert_eq!((a.kind(), a.size()), (b.kind(), b.size()));
+                    let bits = |t: &Tensor| Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+                    assert_eq!(bits(&a), bits(&b), "{kind:?} {shape:?} p={p}");
+                }
+            }
+        }
+        let (a, b) = (mix(0x1234_5678_9abc_def0), mix_tensor(Tensor::from_slice(&[0x1234_5678_9abc_def0_i64])).int64_value(&[0]));
+        assert_eq!(a, b as u64);
     }
 
     #[test]

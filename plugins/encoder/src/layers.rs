@@ -133,10 +133,16 @@ pub enum KeyMask {
 }
 
 impl KeyMask {
-    pub fn new(attention_mask: &Tensor) -> Self {
+    /// The mask of `attention_mask` (B, T). Whether every key is real is read
+    /// back to the host only where that costs no device stall: on the CPU, and
+    /// outside training (eval, where it lets CUDA pick its flash kernel). A
+    /// training pass on a GPU always takes the padding mask, all true on packed
+    /// data: a zero bias on the written-out attention that dropout needs.
+    pub fn new(attention_mask: &Tensor, train: bool) -> Self {
         let (b, t) = attention_mask.size2().expect("attention_mask is (B, T)");
         let keep = attention_mask.eq(1).view([b, 1, 1, t]);
-        if keep.all().int64_value(&[]) == 1 {
+        let may_read = attention_mask.device() == tch::Device::Cpu || !train;
+        if may_read && keep.all().int64_value(&[]) == 1 {
             return KeyMask::All;
         }
         let bias = keep.logical_not().to_kind(Kind::Float) * -1e30;
@@ -145,12 +151,14 @@ impl KeyMask {
 }
 
 /// softmax(q k^T / sqrt(d)) v with dropout on the probabilities; q, k, v are (B, nh, T, hd).
-/// Training on the CPU writes it out so that dropout draws from `pass.rng`
-/// (torch's fused CPU kernel has no dropout, so torch writes it out as well);
-/// otherwise `scaled_dot_product_attention` picks its fused kernel.
+/// Training with attention dropout writes it out, on every device, so that
+/// dropout draws from `pass.rng` (torch's fused CPU kernel has no dropout, so
+/// torch writes it out there as well; the fused CUDA kernels would draw from
+/// torch's generator); otherwise `scaled_dot_product_attention` picks its
+/// fused kernel.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &KeyMask, p: f64, pass: Pass) -> Tensor {
     let p = if pass.train { p } else { 0.0 };
-    if p > 0.0 && q.device() == tch::Device::Cpu {
+    if p > 0.0 {
         let head_dim = *q.size().last().expect("q has a last dim");
         let scores = (q * (1.0 / (head_dim as f64).sqrt())).matmul(&k.transpose(-2, -1)); // (B, nh, T, T)
         let scores = match mask {
@@ -353,7 +361,7 @@ pub trait MaskedLm {
     /// Encoder output (B, T, H).
     fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, mode: Mode) -> Tensor {
         let rng = masks_of(mode);
-        let (pass, mask) = (Pass { train: mode.is_train(), rng: &rng }, KeyMask::new(attention_mask));
+        let (pass, mask) = (Pass { train: mode.is_train(), rng: &rng }, KeyMask::new(attention_mask, mode.is_train()));
         self.encoder().layers.iter().fold(self.embed(input_ids, pass), |x, layer| layer.forward(&x, &mask, pass))
     }
 
@@ -361,7 +369,7 @@ pub trait MaskedLm {
     /// runs past attention on those rows alone.
     fn encode_at(&self, input_ids: &Tensor, attention_mask: &Tensor, at: &Tensor, mode: Mode) -> Tensor {
         let rng = masks_of(mode);
-        let (pass, mask) = (Pass { train: mode.is_train(), rng: &rng }, KeyMask::new(attention_mask));
+        let (pass, mask) = (Pass { train: mode.is_train(), rng: &rng }, KeyMask::new(attention_mask, mode.is_train()));
         let mut x = self.embed(input_ids, pass);
         let Some((last, first)) = self.encoder().layers.split_last() else {
             let h = *x.size().last().expect("hidden has a last dim");
@@ -389,6 +397,10 @@ pub trait MaskedLm {
         mode: Mode,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let labels = labels.f_reshape([-1])?; // (B*T,)
+        // A read back to the host, kept: the sparse head's row count N is a
+        // shape, so the host must know it. It is the pass's first op, so a GPU
+        // waits only for the copies of this batch and the end of the previous
+        // step, not for any of this pass's work.
         let at = labels.f_ne(IGNORE_INDEX)?.f_nonzero()?.f_squeeze_dim(1)?; // (N,)
         let picked = self.encode_at(input_ids, attention_mask, &at, mode); // (N, H)
         let labels = labels.f_index_select(0, &at)?; // (N,)
@@ -418,7 +430,7 @@ mod tests {
         let attention_mask = Tensor::from_slice2(&[[1i64, 1, 1, 1, 1], [1, 1, 1, 0, 0]]);
         // A padded key with a huge value would show any weight it gets.
         let _ = v.narrow(0, 1, 1).narrow(2, 3, 2).fill_(1e3);
-        let mask = KeyMask::new(&attention_mask);
+        let mask = KeyMask::new(&attention_mask, true);
         assert!(matches!(mask, KeyMask::Padding { .. }));
         let rng = MaskRng::new(1);
         let eval = attention(&q, &k, &v, &mask, 0.1, Pass { train: false, rng: &rng });
@@ -429,7 +441,7 @@ mod tests {
         }
         let gap = (sum / n as f64 - &eval).abs().max().double_value(&[]);
         assert!(gap < 0.05, "mean of training attention is {gap} from eval attention");
-        assert!(matches!(KeyMask::new(&Tensor::ones([2, 5], (Kind::Int64, tch::Device::Cpu))), KeyMask::All));
+        assert!(matches!(KeyMask::new(&Tensor::ones([2, 5], (Kind::Int64, tch::Device::Cpu)), true), KeyMask::All));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Command-line types (clap) and dispatch: one file per subcommand.
 
 mod data;
+mod device_check;
 pub mod fill_mask;
 mod launch;
 mod new_plugin;
@@ -170,6 +171,9 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// The runner's side of bench/gpu.sh (not for everyday use).
+    #[command(hide = true, subcommand)]
+    DeviceCheck(device_check::DeviceCheck),
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,5 +213,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::FillMask { model, text, top_k, json } => fill_mask::fill_mask(&model, &text, top_k, json),
         Command::Plugins { extra } => plugins::list(&extra),
         Command::NewPlugin { name, dir } => new_plugin::create(&name, &dir),
+        Command::DeviceCheck(check) => device_check::run(&check),
     }
 }

@@ -53,10 +53,20 @@ impl Batch {
         b
     }
 
-    /// Copies the batch to `device` as int64 tensors.
+    /// Copies the batch to `device` as int64 tensors. To a GPU the copies go
+    /// from pinned memory without blocking: a blocking copy would first wait
+    /// for every kernel already queued (the previous step's), stalling the
+    /// host. libtorch's pinned-memory allocator keeps the host buffer until
+    /// the copy is done.
     pub fn to_device(&self, device: Device) -> MlmBatch {
         let shape = [self.rows as i64, self.cols as i64];
-        let t = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+        let t = |v: &[i64]| {
+            let host = Tensor::from_slice(v).view(shape);
+            match device {
+                Device::Cuda(_) => host.pin_memory(device).to_device_(device, tch::Kind::Int64, true, false),
+                _ => host.to_device(device),
+            }
+        };
         MlmBatch { input_ids: t(&self.input_ids), attention_mask: t(&self.attention_mask), labels: t(&self.labels) }
     }
 

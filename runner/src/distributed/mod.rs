@@ -83,11 +83,15 @@ impl Collective for Single {
 /// name it (`runner launch` sets torchrun's); without them, or with a world
 /// of one, the process trains alone.
 pub fn join(recipe: &crate::recipe::Recipe) -> Result<(World, Box<dyn Collective>)> {
+    let d = &recipe.raw.training.distributed;
+    // One launched process needs no group, unless the recipe names its backend:
+    // then it gets a group of one, so that the backend really loads and runs
+    // its all-reduces (bench/gpu.sh checks NCCL on one GPU this way).
+    let named = d.backend != crate::recipe::raw::DistBackend::Auto;
     let world = match World::from_env().map_err(crate::error::user)? {
-        Some(w) if w.world_size > 1 => w,
+        Some(w) if w.world_size > 1 || named => w,
         _ => return Ok((World::single(), Box::new(Single))),
     };
-    let d = &recipe.raw.training.distributed;
     let backend = match d.backend {
         crate::recipe::raw::DistBackend::Gloo => Backend::Gloo,
         crate::recipe::raw::DistBackend::Nccl => Backend::Nccl,
@@ -106,12 +110,22 @@ pub fn join(recipe: &crate::recipe::Recipe) -> Result<(World, Box<dyn Collective
 }
 
 /// The device this process trains on: on CUDA each process takes
-/// `cuda:LOCAL_RANK` (a recipe's `cuda:N` is kept for a single process).
+/// `cuda:LOCAL_RANK` (a recipe's `cuda:N` is kept for a single process). With
+/// more processes on a machine than GPUs, they share them in turn
+/// (`LOCAL_RANK mod GPUs`): Gloo allows that, NCCL refuses two ranks on one GPU.
 pub fn device_of(device: tch::Device, world: &World) -> tch::Device {
     match device {
-        tch::Device::Cuda(_) if world.world_size > 1 => tch::Device::Cuda(world.local_rank),
+        tch::Device::Cuda(_) if world.world_size > 1 => {
+            let gpus = tch::Cuda::device_count().max(1) as usize;
+            shared_gpu(world.local_rank, gpus)
+        }
         other => other,
     }
+}
+
+/// `cuda:(local_rank mod gpus)`.
+fn shared_gpu(local_rank: usize, gpus: usize) -> tch::Device {
+    tch::Device::Cuda(local_rank % gpus.max(1))
 }
 
 /// Intra-op threads per process: the recipe's threads split between the
@@ -134,5 +148,17 @@ pub fn first_then_others<T>(c: &dyn Collective, f: impl FnOnce() -> Result<T>) -
     } else {
         c.barrier()?;
         f()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_beyond_the_gpus_share_them_in_turn() {
+        let got: Vec<tch::Device> = (0..4).map(|r| shared_gpu(r, 2)).collect();
+        assert_eq!(got, [tch::Device::Cuda(0), tch::Device::Cuda(1), tch::Device::Cuda(0), tch::Device::Cuda(1)]);
+        assert_eq!(shared_gpu(1, 1), tch::Device::Cuda(0));
     }
 }

@@ -99,21 +99,23 @@ impl AdamW {
     }
 
     /// Scales gradients so that their global L2 norm is at most `max_norm`
-    /// (as `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> Result<f64> {
+    /// (as `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping,
+    /// a 0-dim tensor on the gradients' device: nothing is read back to the
+    /// host, so a GPU never waits for it.
+    pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         let grads: Vec<Tensor> = self.params.iter().map(|p| p.tensor.grad()).filter(|g| g.defined()).collect();
         if grads.is_empty() {
-            return Ok(0.0);
+            return Ok(Tensor::from(0.0));
         }
         let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-        let total = Tensor::f_stack(&norms, 0)?.f_norm()?.f_double_value(&[])?;
+        let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
         if let Some(max) = max_norm {
-            let coef = max / (total + 1e-6);
-            if coef < 1.0 {
-                for mut g in grads {
-                    let _ = g.f_mul_(&Tensor::from(coef))?;
-                }
+            // max / (norm + 1e-6) in float64, at most 1 (a factor of 1 leaves a gradient as it is).
+            let total64 = total.f_to_kind(tch::Kind::Double)?;
+            let coef = Tensor::f_full([], max, (tch::Kind::Double, total.device()))?.f_div(&total64.f_add_scalar(1e-6)?)?.f_clamp_max(1.0)?;
+            for mut g in grads {
+                let _ = g.f_mul_(&coef)?;
             }
         }
         Ok(total)
@@ -282,7 +284,7 @@ mod tests {
         ];
         let mut opt = AdamW::new(params, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 });
         (&a * &a / 2.0 + &b * &b / 2.0).sum(Kind::Double).backward(); // grads (3, 4): norm 5
-        let norm = opt.clip_grad_norm(Some(1.0)).unwrap();
+        let norm = opt.clip_grad_norm(Some(1.0)).unwrap().double_value(&[]);
         assert!((norm - 5.0).abs() < 1e-9);
         let ga = a.grad().double_value(&[]);
         let gb = b.grad().double_value(&[]);

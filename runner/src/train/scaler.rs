@@ -47,7 +47,7 @@ impl LossScaler {
         }
     }
 
-    /// The current scale.
+    /// The current scale (a read back to the host: for log rows only).
     pub fn value(&self) -> f64 {
         self.scale.double_value(&[])
     }
@@ -60,6 +60,12 @@ impl LossScaler {
     /// Divides every gradient by the scale in place; returns 1.0 if any of
     /// them holds an inf or NaN, else 0.0 (the `found_inf` of GradScaler).
     pub fn unscale(&self, grads: &[Tensor]) -> Result<f64> {
+        Ok(self.unscale_on_device(grads)?.f_double_value(&[])?)
+    }
+
+    /// [`unscale`](Self::unscale) with the flag left on the device (0-dim
+    /// float32), for the caller to read together with other values.
+    pub fn unscale_on_device(&self, grads: &[Tensor]) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         // As GradScaler: the reciprocal in double, then float32.
         let inv_scale = self.scale.f_to_kind(Kind::Double)?.f_reciprocal()?.f_to_kind(Kind::Float)?;
@@ -67,7 +73,7 @@ impl LossScaler {
         for g in grads.iter().filter(|g| g.defined()) {
             g.shallow_clone().f_internal_amp_non_finite_check_and_unscale(&mut found_inf, &inv_scale)?;
         }
-        Ok(found_inf.f_double_value(&[])?)
+        Ok(found_inf)
     }
 
     /// Updates the scale after a step: `found_inf` is the flag every process

@@ -2,6 +2,14 @@
 //! bottom in the order things happen: lr for this step, micro-batches with
 //! accumulation, gradients averaged over processes, unscale (fp16), clip,
 //! optimizer step (or a skip), zero grads, log, eval, checkpoint, stop.
+//!
+//! A step reads nothing back from the device unless it must (each read stalls
+//! a GPU until its queue drains): the micro-batches' losses stay on the device
+//! and are read together at the next log row, eval or checkpoint, where the
+//! non-finite loss check happens too. A step reads them at once only when it
+//! reads something anyway: fp16's inf flag (whether to skip the update is
+//! decided on the host, as `GradScaler.step` does), or the small all-reduce of
+//! a data-parallel run (every process must learn each step whether to stop).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -81,7 +89,53 @@ pub fn dropout_key(seed: u64, index: u64) -> u64 {
     mix(mix(seed ^ 0x6472_6f70_6f75_7421).wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN)))
 }
 
+/// The global index of micro-batch `j` of process `rank` at `step`: the
+/// step's `world * accum` micro-batches are numbered rank by rank, so a global
+/// batch covers the same indices (the same data and dropout keys) whatever the
+/// split between processes and accumulation.
+pub fn micro_batch_index(step: u64, world: u64, rank: u64, accum: u64, j: u64) -> u64 {
+    (step * world + rank) * accum + j
+}
+
+/// The losses of steps not yet read back: each step's micro-batch losses
+/// (0-dim, already divided by the accumulation), on the device.
+type Unread = Vec<(u64, Vec<tch::Tensor>)>;
+
+/// Reads the losses of `micro` and, when given, an inf flag, in one transfer:
+/// (the step's loss summed in float64 in micro-batch order, the flag).
+fn read_step(micro: &[tch::Tensor], found_inf: Option<&tch::Tensor>) -> Result<(f64, f64)> {
+    let mut parts: Vec<tch::Tensor> = micro.iter().map(|l| l.f_to_kind(tch::Kind::Float)).collect::<Result<_, _>>()?;
+    if let Some(flag) = found_inf {
+        parts.push(flag.f_to_kind(tch::Kind::Float)?);
+    }
+    let values = Vec::<f32>::try_from(&tch::Tensor::f_stack(&parts, 0)?.f_to_device(tch::Device::Cpu)?)?;
+    let loss = values[..micro.len()].iter().fold(0.0, |sum, &l| sum + l as f64);
+    Ok((loss, values.get(micro.len()).map_or(0.0, |&f| f as f64)))
+}
+
 impl Trainer {
+    /// Reads the losses of the steps in `unread` (one transfer) into the log
+    /// window, in step order; a loss that is not a number stops the run.
+    fn settle(&mut self, unread: &mut Unread) -> Result<()> {
+        if unread.is_empty() {
+            return Ok(());
+        }
+        let steps = std::mem::take(unread);
+        let flat: Vec<tch::Tensor> = steps.iter().flat_map(|(_, micro)| micro.iter().map(|l| l.shallow_clone())).collect();
+        let values = Vec::<f32>::try_from(&tch::Tensor::f_stack(&flat, 0)?.f_to_kind(tch::Kind::Float)?.f_to_device(tch::Device::Cpu)?)?;
+        let mut at = 0;
+        for (step, micro) in &steps {
+            let step_loss = values[at..at + micro.len()].iter().fold(0.0, |sum, &l| sum + l as f64);
+            at += micro.len();
+            if !step_loss.is_finite() {
+                return Err(self.non_finite(*step, step_loss));
+            }
+            self.state.progress.window.loss += step_loss;
+            self.state.progress.window.steps += 1;
+        }
+        Ok(())
+    }
+
     fn world(&self) -> u64 {
         self.collective.world_size() as u64
     }
@@ -130,7 +184,7 @@ impl Trainer {
         let device = self.settings.device;
         let (rank, world, accum) = (self.collective.rank() as u64, self.world(), self.settings.grad_accum);
         let (first, total) = (self.state.progress.step, self.settings.schedule.total);
-        let mine = (first..total).flat_map(move |s| (0..accum).map(move |j| (s * world + rank) * accum + j));
+        let mine = (first..total).flat_map(move |s| (0..accum).map(move |j| micro_batch_index(s, world, rank, accum, j)));
         let batches = self.batches.clone().prefetch(mine);
         let bar = if self.is_main() { ProgressBar::new(total) } else { ProgressBar::hidden() };
         bar.set_style(
@@ -149,15 +203,16 @@ impl Trainer {
         }
         // Training time of the current log window; eval time is kept out of it.
         let (mut window_secs, mut window_start) = (0.0, Instant::now());
+        let mut unread: Unread = Vec::new();
         for step in first..total {
             // 1. learning rate for this step
             let lr = self.settings.schedule.lr(step);
             // 2. this process's micro-batches, gradients accumulated; each weighs 1/accum
-            let (mut step_loss, mut step_tokens) = (0.0, 0u64);
+            let (mut micro_losses, mut step_tokens) = (Vec::with_capacity(accum as usize), 0u64);
             for j in 0..accum {
                 let batch = batches.recv().context("the batch thread stopped")??;
                 step_tokens += batch.tokens as u64;
-                let index = (step * world + rank) * accum + j;
+                let index = micro_batch_index(step, world, rank, accum, j);
                 let out = {
                     let _autocast = Autocast::enter(device, self.settings.compute); // forward only, as torch.autocast
                     let mode = Mode::Train { dropout_key: dropout_key(self.settings.seed, index) };
@@ -168,7 +223,7 @@ impl Trainer {
                     Some(scaler) => scaler.scale(&loss)?.f_backward()?,
                     None => loss.f_backward()?,
                 }
-                step_loss += loss.f_double_value(&[])?;
+                micro_losses.push(loss.f_detach()?);
             }
             // 3. gradients averaged over processes, then unscaled (fp16)
             let grads = self.state.optimizer.grads();
@@ -176,15 +231,24 @@ impl Trainer {
             distributed::buckets::all_reduce_mean(self.collective.as_ref(), &grads)?;
             self.state.progress.stats.allreduce_seconds += comm.elapsed().as_secs_f64();
             let found_inf = match &self.state.scaler {
-                Some(scaler) => scaler.unscale(&grads)?,
-                None => 0.0,
+                Some(scaler) => Some(scaler.unscale_on_device(&grads)?),
+                None => None,
+            };
+            // The step's losses are read now only with a read this step needs
+            // anyway (fp16's inf flag, the processes' all-reduce); else later.
+            let read_now = world > 1 || found_inf.is_some();
+            let (local_loss, found_inf) = if read_now {
+                read_step(&micro_losses, found_inf.as_ref())?
+            } else {
+                unread.push((step, micro_losses));
+                (0.0, 0.0)
             };
             // One small all-reduce: the step's loss and tokens over every process,
             // the inf flag, and whether any process was asked to stop.
             let comm = Instant::now();
             let asked = stop.received();
             let [loss_sum, tokens, inf_count, stops, interrupts] = self.sum_over_processes([
-                step_loss,
+                local_loss,
                 step_tokens as f64,
                 found_inf,
                 asked.is_some() as u8 as f64,
@@ -193,12 +257,13 @@ impl Trainer {
             self.state.progress.stats.allreduce_seconds += comm.elapsed().as_secs_f64();
             let step_loss = loss_sum / world as f64;
             self.state.progress.window.tokens += tokens as u64;
-            if self.state.scaler.is_none() && !step_loss.is_finite() {
+            if read_now && self.state.scaler.is_none() && !step_loss.is_finite() {
                 return Err(self.non_finite(step, step_loss));
             }
             // 4. clip, update (skipped on an inf/NaN gradient under fp16), clear
             let skip = inf_count > 0.0;
-            let mut grad_norm = None;
+            // The norm stays on the device; it is read only when a row is logged.
+            let mut grad_norm: Option<tch::Tensor> = None;
             if !skip {
                 grad_norm = Some(self.state.optimizer.clip_grad_norm(self.settings.max_grad_norm)?);
                 self.state.optimizer.step(lr)?;
@@ -209,12 +274,17 @@ impl Trainer {
             self.state.optimizer.zero_grad();
             let done = step + 1;
             self.state.progress.step = done;
-            // 5. log
-            if !skip {
+            // 5. log (losses not yet read are read here, at the latest)
+            if read_now && !skip {
                 self.state.progress.window.loss += step_loss;
                 self.state.progress.window.steps += 1;
             }
             bar.set_position(done);
+            let due = self.settings.eval_every > 0 && done % self.settings.eval_every == 0;
+            let checkpoint_due = stops > 0.0 || (self.settings.checkpoint_every > 0 && done % self.settings.checkpoint_every == 0);
+            if done % self.settings.log_every == 0 || done == total || due || checkpoint_due {
+                self.settle(&mut unread)?;
+            }
             if done % self.settings.log_every == 0 || done == total {
                 let secs = window_secs + window_start.elapsed().as_secs_f64();
                 let Window { loss, steps, tokens } = std::mem::take(&mut self.state.progress.window);
@@ -235,7 +305,7 @@ impl Trainer {
                     elapsed_s: started.elapsed().as_secs_f64(),
                     loss_scale: self.state.scaler.as_ref().map(|s| s.value()),
                     skipped_steps: self.state.scaler.as_ref().map(|s| s.skipped),
-                    grad_norm,
+                    grad_norm: grad_norm.as_ref().map(|n| n.f_double_value(&[])).transpose()?,
                     ..Default::default()
                 };
                 self.push_row(row)?;
@@ -243,7 +313,6 @@ impl Trainer {
                 window_start = Instant::now();
             }
             // 6. eval (always at the end)
-            let due = self.settings.eval_every > 0 && done % self.settings.eval_every == 0;
             if due || done == total {
                 window_secs += window_start.elapsed().as_secs_f64();
                 let t = Instant::now();
@@ -254,8 +323,7 @@ impl Trainer {
                 window_start = Instant::now();
             }
             // 7. checkpoint: when due, or when a signal asked to stop
-            let every = self.settings.checkpoint_every;
-            if stops > 0.0 || (every > 0 && done % every == 0) {
+            if checkpoint_due {
                 window_secs += window_start.elapsed().as_secs_f64();
                 let saved = if self.is_main() { Some(bar.suspend(|| self.save_checkpoint())?) } else { None };
                 window_start = Instant::now();
