@@ -151,6 +151,8 @@ fn a_sweep_over_families_runs_and_reports() {
     let o = runner(&["sweep", template.to_str().unwrap(), "--set", &dir]);
     assert!(o.status.success(), "{}", stderr(&o));
     let sweep = out.path().join("sweeps/families");
+    let o = runner(&["report", sweep.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let report = read_csv(&sweep.join("report.csv"));
     assert_eq!(report.height(), 4, "one row per family:\n{report}");
     let runs: Vec<String> = report.column("run").unwrap().str().unwrap().into_iter().map(|s| s.unwrap().to_string()).collect();
