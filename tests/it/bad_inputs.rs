@@ -4,7 +4,8 @@
 //! that no panic report, backtrace or C++ frame reaches the user and that
 //! nothing partial is left behind: the files under the row's folder after the
 //! command are those before it (plus, where a row says so, token-store locks,
-//! whole token stores, or a run folder holding only its `recipe.yaml`).
+//! whole token stores, or a run folder holding only its `recipe.yaml`), and
+//! no file of earlier results (a finished run and its checkpoint) changed.
 //!
 //! Most rows use `runner validate`, which catches them without loading a model.
 //! Then the defects found by using the runner as a newcomer would, each as its
@@ -149,8 +150,14 @@ fn runs(row: &Row, w: &Path) -> std::process::Output {
     c.output().expect("the runner binary starts")
 }
 
+/// The bytes of every file under `dir` (results that a row must not change).
+fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    tree(dir).into_iter().filter_map(|p| std::fs::read(dir.join(&p)).ok().map(|b| (p, b))).collect()
+}
+
 fn check(row: &Row, w: &Path) -> Result<(), String> {
     let before = tree(w);
+    let results = contents(&w.join("out"));
     let o = runs(row, w);
     let err = stderr(&o);
     let mut wrong = Vec::new();
@@ -168,6 +175,11 @@ fn check(row: &Row, w: &Path) -> Result<(), String> {
     let left: Vec<PathBuf> = tree(w).difference(&before).filter(|p| !allowed(p, row.leaves)).cloned().collect();
     if !left.is_empty() {
         wrong.push(format!("left behind: {left:?}"));
+    }
+    let changed: Vec<&PathBuf> =
+        results.iter().filter(|(p, b)| std::fs::read(w.join("out").join(p)).ok().as_ref() != Some(b)).map(|(p, _)| p).collect();
+    if !changed.is_empty() {
+        wrong.push(format!("changed or removed earlier results: {changed:?}"));
     }
     if wrong.is_empty() {
         Ok(())
@@ -283,6 +295,16 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
     let tokenizer = |p: &str| format!("tokenizer.path={p}/tokenizer.json");
     let plugin = |p: &str| format!("plugins=[{p}]");
     let cache_dir = w.join("cache");
+    // A finished run with one checkpoint (keep: 1), for the rows that point into it.
+    let done = runs(
+        &row("a run", &["run", &tiny, "--set", "run.name=done", "--set", "training.max_steps=2", "--set", "training.checkpoint.every=2", "--set", "training.checkpoint.keep=1"], ""),
+        w,
+    );
+    assert!(done.status.success(), "{}", stderr(&done));
+    let done_ckpt = ws("out/done/checkpoints/step-2");
+    let into = |dir: &str, name: &str| [format!("run.output_dir={}", ws(dir)), format!("run.name={name}")];
+    let [into_ckpts, step2] = into("out/done/checkpoints", "step-2");
+    let [into_run, inner] = into("out/done", "inner");
 
     let mut rows = vec![
         // Recipes: keys, types, ranges.
@@ -313,6 +335,15 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         set("absolute run name", &["run.name=/tmp/x"], "run.name: `/tmp/x` must be a name, not a path"),
         set("run name too long", &[&long_name], "the file system takes at most 255"),
         set("output_dir is a file", &[&out_file], "is a file, not a folder"),
+        // A run never writes into a checkpoint, a model folder or another run's folder.
+        row("resume a checkpoint folder", &["resume", &done_ckpt], "is a checkpoint of the run"),
+        row("resume a checkpoint folder: what to pass", &["resume", &done_ckpt], &format!("runner resume {}", ws("out/done"))),
+        row("resume the checkpoints folder", &["resume", &ws("out/done/checkpoints")], "is inside the run folder"),
+        row("resume the exported model", &["resume", &ws("out/done/checkpoint")], "is a checkpoint of the run"),
+        row("resume a model folder", &["resume", &big_tok], "it is a checkpoint or model folder, not a run folder"),
+        row("run --resume into a checkpoint", &["run", &tiny, "--resume", "--set", &into_ckpts, "--set", &step2], "is a checkpoint of the run"),
+        row("run --overwrite of a checkpoint", &["run", &tiny, "--overwrite", "--set", &into_ckpts, "--set", &step2], "is a checkpoint of the run"),
+        set("run folder inside a run", &[&into_run, &inner], "is inside the run folder"),
         // --set itself.
         set("--set unknown key", &["masking.rat=0.3"], "did you mean `rate`?"),
         set("--set without =", &["training.lr"], "expected key.path=value"),
