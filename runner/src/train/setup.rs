@@ -160,7 +160,16 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     let steps_per_epoch = (batches.batches_per_epoch() as f64 / micro_per_step as f64).max(1.0);
     let total_steps = match recipe.length {
         TrainLength::Steps(s) => s,
-        TrainLength::Epochs(e) => ((e * steps_per_epoch).ceil() as u64).max(1),
+        TrainLength::Epochs(e) => {
+            let steps = (e * steps_per_epoch).ceil();
+            let max = runner_recipe::check::limits::MAX_STEPS;
+            if steps > max as f64 {
+                bail!(user_msg(format!(
+                    "training.epochs: {e} epochs of {steps_per_epoch} steps are {steps} steps, more than {max}; train fewer epochs"
+                )));
+            }
+            (steps as u64).max(1)
+        }
     };
     let warmup = match recipe.warmup {
         Warmup::Steps(s) => s.min(total_steps),
