@@ -91,6 +91,10 @@ pub struct LaunchArgs {
     /// Continue the run from its newest complete checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Start more workers than this machine has CPU cores (on the CPU) or GPUs
+    /// (on CUDA); without it, such a count is refused.
+    #[arg(long)]
+    pub oversubscribe: bool,
 }
 
 /// An override as given, once it parses (the workers parse it again).
