@@ -436,8 +436,63 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
             store_failures.push(format!("{what}: {file} was not rebuilt"));
         }
     }
+    // Damage that keeps each file's size, at its start, middle and end, and
+    // whole files of one value: found when the store is opened, the file
+    // named, and the store rebuilt.
+    let mut damaged = 0;
+    for split in ["train", "eval"] {
+        for ext in ["tokens", "lines", "docs"] {
+            let file = format!("{split}.{ext}");
+            for at in ["start", "middle", "end", "all"] {
+                let before = std::fs::read(store.join(&file)).unwrap();
+                let mut bytes = before.clone();
+                let n = bytes.len();
+                match at {
+                    "start" => bytes[0] ^= 0x10,
+                    "middle" => bytes[n / 2] ^= 0x01,
+                    "end" => bytes[n - 1] ^= 0x80,
+                    // Every token the same id; every offset the same value.
+                    _ => bytes.iter_mut().enumerate().for_each(|(i, b)| *b = if i % 2 == 0 { 5 } else { 0 }),
+                }
+                std::fs::write(store.join(&file), &bytes).unwrap();
+                let mut r = row("damaged store", &["data", "stats", &tiny], &format!("{file}")).code(0).leaves(Leaves::Stores);
+                r.needle = format!("is broken and will be rebuilt: {}", store.join(&file).display());
+                if let Err(e) = check(&r, w) {
+                    store_failures.push(format!("{file}, damaged at {at}: {e}"));
+                }
+                if std::fs::read(store.join(&file)).unwrap() != before {
+                    store_failures.push(format!("{file}, damaged at {at}: not rebuilt as it was"));
+                }
+                damaged += 1;
+            }
+        }
+    }
     let all: Vec<String> = failures.into_iter().chain(store_failures).collect();
-    assert!(all.is_empty(), "{} of {} rows failed:\n\n{}", all.len(), rows.len() + 2, all.join("\n\n"));
+    assert!(all.is_empty(), "{} of {} rows failed:\n\n{}", all.len(), rows.len() + 2 + damaged, all.join("\n\n"));
+}
+
+/// A store damaged without changing any size is found before a step trains:
+/// the run warns, naming the file, rebuilds the store and trains on it.
+#[test]
+fn a_run_on_a_damaged_store_rebuilds_it_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let out = format!("run.output_dir={}", tmp.path().join("out").display());
+    let with_cache = |args: &[&str]| runner_command(args).env("RUNNER_CACHE_DIR", &cache).output().unwrap();
+    let o = with_cache(&["data", "prepare", "tests/recipes/tiny.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let store = std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.path()).find(|p| p.is_dir()).unwrap();
+    // Every token the same id: the worst case, silent training on garbage.
+    let tokens = store.join("train.tokens");
+    let n = std::fs::metadata(&tokens).unwrap().len() as usize;
+    std::fs::write(&tokens, [5u8, 0].repeat(n / 2)).unwrap();
+    let o = with_cache(&["run", "tests/recipes/tiny.yaml", "--set", &out, "--set", "training.max_steps=2", "--set", "eval.at_start=false"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let warned = err.find(&format!("is broken and will be rebuilt: {}", tokens.display())).expect("a warning naming the file");
+    let first_step = err.find("step").unwrap_or(usize::MAX);
+    assert!(warned < first_step, "the warning comes before any step: {err}");
+    assert_ne!(std::fs::read(&tokens).unwrap(), [5u8, 0].repeat(n / 2), "rebuilt");
 }
 
 #[test]

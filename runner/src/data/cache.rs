@@ -127,7 +127,7 @@ pub fn store(recipe: &Recipe, sources: &Sources, registry: &Registry, tok: &Toke
         let built = prepare::build(dir, &input, tok, width)?;
         let mut described: Vec<String> = sources.train.iter().map(|p| p.display().to_string()).collect();
         described.extend(sources.eval.iter().flatten().map(|p| format!("eval: {}", p.display())));
-        let manifest = Manifest::new(&key, described, width, built.train, built.eval, built.text_bytes);
+        let manifest = Manifest::new(&key, described, width, vocab_size, built.train, built.eval, built.text_bytes);
         manifest.write(dir)?;
         let secs = t0.elapsed().as_secs_f64();
         tracing::info!(
@@ -141,12 +141,12 @@ pub fn store(recipe: &Recipe, sources: &Sources, registry: &Registry, tok: &Toke
         Ok(())
     };
     match root {
-        Some(root) => open_or_build(&root, &key, build),
+        Some(root) => open_or_build(&root, &key, vocab_size, build),
         None => {
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
             let tmp = std::env::temp_dir().join(format!("runner-tokens-{}-{nanos}", std::process::id()));
             std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-            let store = build(&tmp).and_then(|()| Store::open(&tmp));
+            let store = build(&tmp).and_then(|()| Store::open(&tmp, vocab_size));
             // Mapped files stay readable after the folder is removed.
             let _ = std::fs::remove_dir_all(&tmp);
             store
@@ -156,9 +156,9 @@ pub fn store(recipe: &Recipe, sources: &Sources, registry: &Registry, tok: &Toke
 
 /// Maps the store `root/key`, building it with `build` first when it is
 /// missing or broken; concurrent callers build it once (see the module docs).
-pub fn open_or_build(root: &Path, key: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<Store> {
+pub fn open_or_build(root: &Path, key: &str, vocab_size: usize, build: impl FnOnce(&Path) -> Result<()>) -> Result<Store> {
     let path = root.join(key);
-    if let Some(store) = open_existing(&path) {
+    if let Some(store) = open_existing(&path, vocab_size) {
         return Ok(store);
     }
     std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
@@ -174,7 +174,7 @@ pub fn open_or_build(root: &Path, key: &str, build: impl FnOnce(&Path) -> Result
         lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
     }
     // Whoever held the lock may have built it.
-    if let Some(store) = open_existing(&path) {
+    if let Some(store) = open_existing(&path, vocab_size) {
         return Ok(store);
     }
     // Holding the lock, nothing else writes under this key: clear what a
@@ -187,17 +187,17 @@ pub fn open_or_build(root: &Path, key: &str, build: impl FnOnce(&Path) -> Result
         return Err(e);
     }
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    let store = Store::open(&path)?;
+    let store = Store::open(&path, vocab_size)?;
     tracing::info!("data: token store {} ({:.1} MB)", path.display(), store.manifest.size() as f64 / 1e6);
     Ok(store)
 }
 
 /// The store at `path` if it is there and whole; a broken one is reported.
-fn open_existing(path: &Path) -> Option<Store> {
+fn open_existing(path: &Path, vocab_size: usize) -> Option<Store> {
     if !path.exists() {
         return None;
     }
-    match Store::open(path) {
+    match Store::open(path, vocab_size) {
         Ok(store) => Some(store),
         Err(e) => {
             tracing::warn!("token store {} is broken and will be rebuilt: {e:#}", path.display());
@@ -236,7 +236,7 @@ mod tests {
                 w.push_document(&[vec![1u32, 2, 3]])?;
                 counts.push(w.finish()?);
             }
-            Manifest::new("k", vec![], Width::U16, counts[0], counts[1], 6).write(dir)
+            Manifest::new("k", vec![], Width::U16, 100, counts[0], counts[1], 6).write(dir)
         }
     }
 
@@ -284,21 +284,21 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let builds = AtomicUsize::new(0);
         std::thread::scope(|s| {
-            let handles: Vec<_> = (0..4).map(|_| s.spawn(|| open_or_build(root.path(), "k", builder(&builds)).unwrap())).collect();
+            let handles: Vec<_> = (0..4).map(|_| s.spawn(|| open_or_build(root.path(), "k", 100, builder(&builds)).unwrap())).collect();
             for h in handles {
                 assert_eq!(h.join().unwrap().train.tokens(), 3);
             }
         });
         assert_eq!(builds.load(Ordering::SeqCst), 1, "one build for four callers");
-        open_or_build(root.path(), "k", builder(&builds)).unwrap();
+        open_or_build(root.path(), "k", 100, builder(&builds)).unwrap();
         assert_eq!(builds.load(Ordering::SeqCst), 1, "mapped, not rebuilt");
         // Cut a file short: detected, rebuilt.
         std::fs::write(root.path().join("k/train.tokens"), [1u8, 0]).unwrap();
-        let store = open_or_build(root.path(), "k", builder(&builds)).unwrap();
+        let store = open_or_build(root.path(), "k", 100, builder(&builds)).unwrap();
         assert_eq!((builds.load(Ordering::SeqCst), store.train.tokens()), (2, 3));
         // A build that fails leaves nothing behind; a half-written one is never used.
         std::fs::remove_file(root.path().join("k").join(MANIFEST)).unwrap();
-        assert!(open_or_build(root.path(), "k", |_| anyhow::bail!("disk full")).is_err());
+        assert!(open_or_build(root.path(), "k", 100, |_| anyhow::bail!("disk full")).is_err());
         let left: Vec<String> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
         assert!(left.iter().all(|n| n == "k.lock"), "{left:?}");
     }
