@@ -61,6 +61,12 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     let recipe_yaml = serde_yaml::to_string(&recipe.raw)?;
     let t = &recipe.raw.training;
     let global_batch = GlobalBatch { micro_batch: t.batch_size, grad_accum: t.grad_accum_steps as u64, processes: world.world_size as u64 };
+    // Every rank must train the same run: refused on all of them, naming the keys, if not.
+    let libraries: Vec<&Path> = registry.libraries().iter().map(PathBuf::as_path).collect();
+    if world.world_size > 1 {
+        let mine = distributed::agree::fingerprint(&recipe_yaml, &cache::key(recipe, &sources)?, &libraries)?;
+        distributed::agree::check(collective.as_ref(), device, &mine)?;
+    }
     let mut folder = if main { RunDir::open(&recipe.run_dir, start)? } else { RunDir::unlocked(&recipe.run_dir) };
     // The newest complete checkpoint to continue from (first process; the others get its state from it).
     let resume_from = match start {
