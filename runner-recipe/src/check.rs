@@ -51,6 +51,10 @@ impl Problems {
 /// The longest file name most Linux file systems take (`NAME_MAX`), in bytes.
 pub const NAME_MAX: usize = 255;
 
+/// The longest run name: the run's folder has `.NAME.replaced` (earlier
+/// results moved aside by `--overwrite`) and `.NAME.lock` beside it.
+pub const MAX_RUN_NAME: usize = NAME_MAX - ".".len() - ".replaced".len();
+
 /// Upper bounds of values that become durations, counts and buffer sizes, so
 /// that no recipe passing the checks overflows a conversion later (a
 /// `Duration`, an `i64` of libtorch, a buffer's length). Each is far beyond any
@@ -105,8 +109,13 @@ pub fn name_problem(name: &str) -> Option<String> {
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Some(format!("`{name}` must be a name of letters, digits, '-', '_' or '.'"));
     }
-    if name.len() > NAME_MAX {
-        return Some(format!("is {} characters long; the file system takes at most {NAME_MAX}", name.len()));
+    if name.len() > MAX_RUN_NAME {
+        return Some(format!(
+            "is {} characters long; at most {MAX_RUN_NAME}: the file system takes {NAME_MAX} bytes a name, and the \
+             `.NAME.replaced` folder (and `.NAME.lock`) beside the run's folder add {}",
+            name.len(),
+            NAME_MAX - MAX_RUN_NAME
+        ));
     }
     None
 }
@@ -267,8 +276,11 @@ mod tests {
             let why = name_problem(bad);
             assert!(why.is_some(), "`{bad}` is refused");
         }
-        assert!(name_problem(&"a".repeat(NAME_MAX + 1)).unwrap().contains("at most 255"));
-        assert!(name_problem(&"a".repeat(NAME_MAX)).is_none());
+        assert!(name_problem(&"a".repeat(NAME_MAX + 1)).unwrap().contains("at most 245"));
+        // The folder takes 255 bytes, but `.NAME.replaced` beside it would not.
+        assert!(name_problem(&"a".repeat(NAME_MAX)).unwrap().contains(".NAME.replaced"));
+        assert!(name_problem(&"a".repeat(MAX_RUN_NAME + 1)).is_some());
+        assert!(name_problem(&"a".repeat(MAX_RUN_NAME)).is_none());
         assert!(name_problem("run-1_b.2").is_none());
     }
 

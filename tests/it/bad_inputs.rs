@@ -3,8 +3,8 @@
 //! the exit code and a piece of the message it must give. Every row also checks
 //! that no panic report, backtrace or C++ frame reaches the user and that
 //! nothing partial is left behind: the files under the row's folder after the
-//! command are those before it (plus, where a row says so, token-store locks,
-//! whole token stores, or a run folder holding only its `recipe.yaml`), and
+//! command are those before it (plus, where a row says so, whole token stores
+//! or a run folder holding only its `recipe.yaml`; never a lock file), and
 //! no file of earlier results (a finished run and its checkpoint) changed.
 //!
 //! Most rows use `runner validate`, which catches them without loading a model.
@@ -22,7 +22,7 @@ use crate::common::{beside_runner, build_plugin, library, root, runner, runner_c
 /// What a row may leave behind.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Leaves {
-    /// Nothing new but the token cache's lock files.
+    /// Nothing new (no lock file either).
     Nothing,
     /// Whole token stores in the cache (a failure after the store was built, or a rebuild).
     Stores,
@@ -82,13 +82,13 @@ fn tree(dir: &Path) -> BTreeSet<PathBuf> {
 /// Whether `new` (a path that appeared) is something `leaves` allows.
 fn allowed(new: &Path, leaves: Leaves) -> bool {
     let s = new.to_string_lossy();
-    let lock = s.starts_with("cache/") && s.ends_with(".lock") && !s[6..].contains('/');
-    let store = s.starts_with("cache/") && !s.contains(".tmp-");
-    let run = s.starts_with("out/") && (s.matches('/').count() == 1 || s.ends_with("/recipe.yaml"));
+    let lock = s.ends_with(".lock");
+    let store = s.starts_with("cache/") && !s.contains(".tmp-") && !lock;
+    let run = s.starts_with("out/") && !lock && (s.matches('/').count() == 1 || s.ends_with("/recipe.yaml"));
     match leaves {
-        Leaves::Nothing => lock,
-        Leaves::Stores => lock || store,
-        Leaves::RunRecipe => lock || store || run,
+        Leaves::Nothing => false,
+        Leaves::Stores => store,
+        Leaves::RunRecipe => store || run,
     }
 }
 
@@ -167,7 +167,7 @@ fn check(row: &Row, w: &Path) -> Result<(), String> {
     if !err.contains(&row.needle) {
         wrong.push(format!("the message lacks `{}`", row.needle));
     }
-    for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace", "frame #", "internal error"] {
+    for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace", "frame #", "internal error", "truncate_ragged_lines"] {
         if err.contains(bad) {
             wrong.push(format!("the message shows `{bad}`"));
         }
@@ -305,6 +305,31 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
     let into = |dir: &str, name: &str| [format!("run.output_dir={}", ws(dir)), format!("run.name={name}")];
     let [into_ckpts, step2] = into("out/done/checkpoints", "step-2");
     let [into_run, inner] = into("out/done", "inner");
+    // A finished run that saved no checkpoint; a copy of `done` whose only checkpoint is damaged.
+    let nockpt = runs(
+        &row("a run", &["run", &tiny, "--set", "run.name=nockpt", "--set", "training.max_steps=2", "--set", "training.checkpoint.every=0"], ""),
+        w,
+    );
+    assert!(nockpt.status.success(), "{}", stderr(&nockpt));
+    let cp = std::process::Command::new("cp").arg("-a").arg(w.join("out/done")).arg(w.join("out/damaged")).status().unwrap();
+    assert!(cp.success());
+    let weights = w.join("out/damaged/checkpoints/step-2/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+    // Probe files (two classes), and JSONL files that start with a UTF-8 byte-order mark.
+    let probe_text = "{\"text\": \"the big cat sat .\", \"label\": \"a\"}\n{\"text\": \"the cat is old .\", \"label\": \"b\"}\n";
+    std::fs::write(w.join("probe.jsonl"), probe_text).unwrap();
+    std::fs::write(w.join("probe-bom.jsonl"), format!("\u{feff}{probe_text}")).unwrap();
+    let corpus = std::fs::read_to_string(root().join("tests/fixtures/toy-corpus.txt")).unwrap();
+    let records: String = corpus.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("{}\n", serde_json::json!({"text": l}))).collect();
+    std::fs::write(w.join("corpus-bom.jsonl"), format!("\u{feff}{records}")).unwrap();
+    let probe = |file: &str, extra: &str| format!("metrics=[loss, {{name: probe, options: {{train: {}, eval: {}{extra}}}}}]", ws(file), ws(file));
+    // A run folder whose metrics table is not a table.
+    std::fs::create_dir_all(w.join("reports/bad-csv")).unwrap();
+    std::fs::write(w.join("reports/bad-csv/metrics.csv"), "step,train_loss\n1,2.5\n2,2.4,9,9,9\n\"unclosed,1\n").unwrap();
+    let name_250 = format!("run.name={}", "n".repeat(250));
 
     let mut rows = vec![
         // Recipes: keys, types, ranges.
@@ -347,7 +372,8 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         // Names and the results folder.
         set("run name with ../", &["run.name=../escape"], "run.name: `../escape` must be a name, not a path"),
         set("absolute run name", &["run.name=/tmp/x"], "run.name: `/tmp/x` must be a name, not a path"),
-        set("run name too long", &[&long_name], "the file system takes at most 255"),
+        set("run name too long", &[&long_name], "the file system takes 255 bytes a name"),
+        set("run name too long for `.NAME.replaced` beside it", &[&name_250], "is 250 characters long; at most 245"),
         set("output_dir is a file", &[&out_file], "is a file, not a folder"),
         // A run never writes into a checkpoint, a model folder or another run's folder.
         row("resume a checkpoint folder", &["resume", &done_ckpt], "is a checkpoint of the run"),
@@ -358,6 +384,19 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         row("run --resume into a checkpoint", &["run", &tiny, "--resume", "--set", &into_ckpts, "--set", &step2], "is a checkpoint of the run"),
         row("run --overwrite of a checkpoint", &["run", &tiny, "--overwrite", "--set", &into_ckpts, "--set", &step2], "is a checkpoint of the run"),
         set("run folder inside a run", &[&into_run, &inner], "is inside the run folder"),
+        // Resume with nothing to continue from: what to do, in a command that takes it.
+        row("resume a finished run without checkpoints", &["resume", &ws("out/nockpt")], &format!("to run it again from the start: runner run {}/recipe.yaml --overwrite", ws("out/nockpt"))),
+        row("resume when every checkpoint is damaged", &["resume", &ws("out/damaged")], "every completed one fails verification"),
+        row("resume when every checkpoint is damaged: which", &["resume", &ws("out/damaged")], "model.safetensors does not match its SHA-256"),
+        // The probe's own sequences against the model's positions.
+        set("probe sequence beyond the model's positions", &[&probe("probe.jsonl", ", max_seq_len: 100000")], "metrics[1].options.max_seq_len: 100000 is longer than the model's 64 positions"),
+        // Files that start with a UTF-8 byte-order mark are read as without it.
+        set("probe file with a byte-order mark", &[&probe("probe-bom.jsonl", "")], "").code(0),
+        row("JSONL corpus with a byte-order mark", &["data", "prepare", &tiny, "--set", "data.dataset=jsonl", "--set", &train(&ws("corpus-bom.jsonl"))], "")
+            .code(0)
+            .leaves(Leaves::Stores),
+        // Reports.
+        row("report of a damaged metrics table", &["report", &ws("reports/bad-csv")], "bad-csv/metrics.csv: cannot read the metrics table"),
         // --set itself.
         set("--set unknown key", &["masking.rat=0.3"], "did you mean `rate`?"),
         set("--set without =", &["training.lr"], "expected key.path=value"),
@@ -397,6 +436,7 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         row("include outside the folder", &["sweep", &escape, "--dry-run"], "outside the template's folder"),
         row("undefined variable", &["sweep", &undefined, "--dry-run"], "undefined"),
         row("sweep name with ../", &["sweep", &undefined, "--dry-run", "--name", "../x"], "sweep name `../x`"),
+        row("sweep name too long", &["sweep", &undefined, "--dry-run", "--name", &"s".repeat(256)], "sweep name is 256 characters long"),
         // Plugins.
         set("missing plugin", &[&plugin(&ws("nope.so"))], "is neither a plugin library nor a folder"),
         set("truncated plugin", &[&plugin(&ws("plugins/libcut.so"))], "cut short"),
@@ -418,11 +458,12 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
     let mut store_failures = Vec::new();
     let o = runs(&prepare, w);
     assert!(o.status.success(), "{}", stderr(&o));
+    // The tiny recipe's store (other rows built stores of their own).
     let store = std::fs::read_dir(&cache_dir)
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.is_dir())
+        .find(|p| p.is_dir() && std::fs::read_to_string(p.join("manifest.json")).is_ok_and(|m| m.contains("toy-corpus.txt")))
         .expect("a token store");
     for (what, file, bytes) in [("cut short", "train.tokens", &b""[..]), ("garbled manifest", "manifest.json", &b"{not json"[..])] {
         std::fs::write(store.join(file), bytes).unwrap();
@@ -493,6 +534,50 @@ fn a_run_on_a_damaged_store_rebuilds_it_before_training() {
     let first_step = err.find("step").unwrap_or(usize::MAX);
     assert!(warned < first_step, "the warning comes before any step: {err}");
     assert_ne!(std::fs::read(&tokens).unwrap(), [5u8, 0].repeat(n / 2), "rebuilt");
+}
+
+/// The longest name `validate` takes is one `run` can use, `--overwrite`
+/// included (`.NAME.replaced` beside the folder), and a run leaves no lock file.
+#[test]
+fn the_longest_run_name_runs_and_overwrites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = format!("run.output_dir={}", tmp.path().display());
+    let name = "n".repeat(245);
+    let set_name = format!("run.name={name}");
+    let args = ["run", "tests/recipes/tiny.yaml", "--set", &out, "--set", &set_name, "--set", "training.max_steps=1", "--set", "eval.at_start=false"];
+    for overwrite in [false, true] {
+        let mut a = args.to_vec();
+        if overwrite {
+            a.push("--overwrite");
+        }
+        let o = runner(&a);
+        assert!(o.status.success(), "overwrite {overwrite}: {}", stderr(&o));
+    }
+    let left: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, vec![name], "only the run's folder: no lock file, nothing moved aside");
+}
+
+/// `runner report` over runs one of which has a damaged `recipe.yaml`: the
+/// report is made, that recipe's text never becomes a column, and a warning
+/// names the file.
+#[test]
+fn a_report_over_a_run_with_a_damaged_recipe_leaves_that_recipe_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = format!("run.output_dir={}", tmp.path().join("runs").display());
+    for (name, lr) in [("a", "2.0e-3"), ("b", "1.0e-3"), ("c", "3.0e-3")] {
+        let (name, lr) = (format!("run.name={name}"), format!("training.lr={lr}"));
+        let o = runner(&["run", "tests/recipes/tiny.yaml", "--set", &out, "--set", &name, "--set", &lr, "--set", "training.max_steps=2"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let damaged = tmp.path().join("runs/c/recipe.yaml");
+    std::fs::write(&damaged, ":::\n").unwrap();
+    let o = runner(&["report", tmp.path().join("runs").to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(&format!("{}: ", damaged.display())) && err.contains("recipe keys are left out"), "{err}");
+    let header = std::fs::read_to_string(tmp.path().join("runs/report.csv")).unwrap().lines().next().unwrap().to_string();
+    assert!(!header.contains(":::"), "{header}");
+    assert!(header.contains("training.lr"), "the other runs' differing key stays: {header}");
 }
 
 #[test]

@@ -14,7 +14,8 @@
 //! manifest is written, so a half-written store is never used; one that does
 //! not match its manifest is reported, removed and rebuilt. Processes that need
 //! the same store take `<key>.lock` (an exclusive file lock) before building:
-//! the first builds, the others wait, then map what it built.
+//! the first builds, the others wait, then map what it built; the lock file is
+//! removed by whoever holds it last, built or failed.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -163,16 +164,7 @@ pub fn open_or_build(root: &Path, key: &str, vocab_size: usize, build: impl FnOn
     }
     std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
     let lock_path = root.join(format!("{key}.lock"));
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        tracing::info!("data: another process is building {}; waiting for it", path.display());
-        lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
-    }
+    let _lock = StoreLock::take(&lock_path, &path)?;
     // Whoever held the lock may have built it.
     if let Some(store) = open_existing(&path, vocab_size) {
         return Ok(store);
@@ -190,6 +182,47 @@ pub fn open_or_build(root: &Path, key: &str, vocab_size: usize, build: impl FnOn
     let store = Store::open(&path, vocab_size)?;
     tracing::info!("data: token store {} ({:.1} MB)", path.display(), store.manifest.size() as f64 / 1e6);
     Ok(store)
+}
+
+/// `<key>.lock`, held: removed (while still held) when dropped, so no lock
+/// file outlives its builder, built or failed. A waiter that then gets the
+/// lock of a file no longer at the path takes the lock again, so two
+/// processes never hold `<key>.lock` at once.
+struct StoreLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl StoreLock {
+    fn take(lock_path: &Path, store: &Path) -> Result<StoreLock> {
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(lock_path)
+                .with_context(|| format!("cannot open {}", lock_path.display()))?;
+            if file.try_lock().is_err() {
+                tracing::info!("data: another process is building {}; waiting for it", store.display());
+                file.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+            }
+            let held = file.metadata().with_context(|| format!("cannot read {}", lock_path.display()))?;
+            match std::fs::metadata(lock_path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(StoreLock { file, path: lock_path.to_path_buf() })
+                }
+                _ => continue, // removed by its last holder: lock the file now there
+            }
+        }
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.sync_all(); // the lock is released when the file closes, after the removal
+    }
 }
 
 /// The store at `path` if it is there and whole; a broken one is reported.
@@ -300,6 +333,6 @@ mod tests {
         std::fs::remove_file(root.path().join("k").join(MANIFEST)).unwrap();
         assert!(open_or_build(root.path(), "k", 100, |_| anyhow::bail!("disk full")).is_err());
         let left: Vec<String> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
-        assert!(left.iter().all(|n| n == "k.lock"), "{left:?}");
+        assert!(left.is_empty(), "no lock file or temporary folder left: {left:?}");
     }
 }

@@ -254,17 +254,30 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
 
 /// The checkpoint a resume continues from: the newest complete one. With none,
 /// the run starts over (what was in its folder is moved aside); a finished run
-/// with none is refused.
+/// with none, or one whose every completed checkpoint fails verification, is
+/// refused (starting over would replace what may be put back).
 fn resume_point(folder: &mut RunDir, raw: &crate::recipe::RawRecipe) -> Result<Option<PathBuf>> {
     let dir = &folder.path;
     if let Some(found) = checkpoint::newest_complete(dir)? {
         return Ok(Some(found));
     }
+    let again = format!("runner run {} --overwrite", dir.join("recipe.yaml").display());
+    let damaged = checkpoint::damaged(dir)?;
+    if !damaged.is_empty() {
+        let each: Vec<String> = damaged.iter().map(|(d, why)| format!("{}: {why}", d.display())).collect();
+        bail!(user_msg(format!(
+            "{}: no checkpoint to continue from: every completed one fails verification (changed or damaged since it was written):\n  {}\n\
+             put back an intact copy, or run it again from the start: {again}",
+            dir.display(),
+            each.join("\n  ")
+        )));
+    }
     let finished = std::fs::read_to_string(dir.join("summary.json")).is_ok_and(|t| serde_json::from_str::<serde_json::Value>(&t).is_ok());
     if finished {
         bail!(user_msg(format!(
-            "{}: the run has finished and has no checkpoint to continue from (training.checkpoint.every); pass --overwrite to run it again",
-            dir.display()
+            "{}: the run has finished and saved no checkpoint to continue from (training.checkpoint.every: {}); to run it again from the start: {again}",
+            dir.display(),
+            raw.training.checkpoint.every
         )));
     }
     if dir.join("metrics.csv").exists() {
