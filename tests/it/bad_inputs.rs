@@ -305,6 +305,10 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
     let into = |dir: &str, name: &str| [format!("run.output_dir={}", ws(dir)), format!("run.name={name}")];
     let [into_ckpts, step2] = into("out/done/checkpoints", "step-2");
     let [into_run, inner] = into("out/done", "inner");
+    // A project folder that holds a recipe named recipe.yaml, and no results.
+    std::fs::create_dir(w.join("project")).unwrap();
+    std::fs::copy(&tiny, w.join("project/recipe.yaml")).unwrap();
+    let into_project = format!("run.output_dir={}", ws("project"));
     // A finished run that saved no checkpoint; a copy of `done` whose only checkpoint is damaged.
     let nockpt = runs(
         &row("a run", &["run", &tiny, "--set", "run.name=nockpt", "--set", "training.max_steps=2", "--set", "training.checkpoint.every=0"], ""),
@@ -384,6 +388,7 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         row("run --resume into a checkpoint", &["run", &tiny, "--resume", "--set", &into_ckpts, "--set", &step2], "is a checkpoint of the run"),
         row("run --overwrite of a checkpoint", &["run", &tiny, "--overwrite", "--set", &into_ckpts, "--set", &step2], "is a checkpoint of the run"),
         set("run folder inside a run", &[&into_run, &inner], "is inside the run folder"),
+        set("a folder holding a recipe.yaml is no run folder", &[&into_project], "").code(0),
         // Resume with nothing to continue from: what to do, in a command that takes it.
         row("resume a finished run without checkpoints", &["resume", &ws("out/nockpt")], &format!("to run it again from the start: runner run {}/recipe.yaml --overwrite", ws("out/nockpt"))),
         row("resume when every checkpoint is damaged", &["resume", &ws("out/damaged")], "every completed one fails verification"),

@@ -107,9 +107,12 @@ pub fn output_dir(p: &mut Problems, dir: &Path, run_dir: &Path) {
 /// Files that make a folder a checkpoint or a model, never a run's results.
 const NOT_RUN_FILES: &[&str] = &["manifest.json", "state.json", "state.safetensors", "model.safetensors", "config.json"];
 
-/// Whether `dir` is a run folder: it has the run's `recipe.yaml` and is no checkpoint.
+/// Whether `dir` is a run folder: it has the run's `recipe.yaml` and results
+/// (a metrics table, a summary or checkpoints), and is no checkpoint. A
+/// folder that merely holds a recipe named `recipe.yaml` is not one.
 pub fn is_run_folder(dir: &Path) -> bool {
-    dir.join("recipe.yaml").is_file() && !NOT_RUN_FILES.iter().any(|f| dir.join(f).exists())
+    let results = ["metrics.csv", "summary.json", "checkpoints"].iter().any(|f| dir.join(f).exists());
+    dir.join("recipe.yaml").is_file() && results && !NOT_RUN_FILES.iter().any(|f| dir.join(f).exists())
 }
 
 /// Why a run may not use `run_dir` as its folder, if it may not: a checkpoint
