@@ -239,6 +239,10 @@ fn open_existing(path: &Path, vocab_size: usize) -> Option<Store> {
     }
 }
 
+/// Clears what a killed builder or a broken store of `key` left (the caller
+/// holds its lock), and the temporary folders of any key whose builder is no
+/// longer running (`<key>.tmp-<pid>` with no process `pid`), so a killed
+/// `data prepare` does not leave its folder until that store is built again.
 fn remove_leftovers(root: &Path, key: &str) -> Result<()> {
     let tmp_prefix = format!("{key}.tmp-");
     for entry in std::fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))? {
@@ -247,6 +251,12 @@ fn remove_leftovers(root: &Path, key: &str) -> Result<()> {
         let name = name.to_string_lossy();
         if name == key || name.starts_with(&tmp_prefix) {
             std::fs::remove_dir_all(entry.path()).with_context(|| format!("cannot remove {}", entry.path().display()))?;
+        } else if let Some(pid) = name.rsplit_once(".tmp-").and_then(|(_, p)| p.parse::<libc::pid_t>().ok()) {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if gone && entry.path().is_dir() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
     Ok(())
@@ -329,6 +339,12 @@ mod tests {
         std::fs::write(root.path().join("k/train.tokens"), [1u8, 0]).unwrap();
         let store = open_or_build(root.path(), "k", 100, builder(&builds)).unwrap();
         assert_eq!((builds.load(Ordering::SeqCst), store.train.tokens()), (2, 3));
+        // A killed builder's folder of another key goes with the next build of any key.
+        let dead = root.path().join("other.tmp-999999999");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::remove_dir_all(root.path().join("k")).unwrap();
+        open_or_build(root.path(), "k", 100, builder(&builds)).unwrap();
+        assert!(!dead.exists(), "the dead builder's folder is removed");
         // A build that fails leaves nothing behind; a half-written one is never used.
         std::fs::remove_file(root.path().join("k").join(MANIFEST)).unwrap();
         assert!(open_or_build(root.path(), "k", 100, |_| anyhow::bail!("disk full")).is_err());
