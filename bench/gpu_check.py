@@ -259,7 +259,7 @@ class Check:
                 "--set", "data.cache=false", "--set", f"training.max_steps={3 if self.args.quick else 5}", "--set", f"training.device={dev}",
                 "--set", "eval.every=0", "--set", "eval.max_sequences=16"]
         self.run([self.runner, "run", *base, "--set", "run.name=one", "--set", "training.grad_accum_steps=2"])
-        self.run([self.runner, "launch", "--nproc-per-node", "2", *base, "--set", "run.name=two",
+        self.run([self.runner, "launch", "--nproc-per-node", "2", "--oversubscribe", *base, "--set", "run.name=two",
                   "--set", "training.distributed.backend=gloo"])
         gap = param_gap(os.path.join(work, "one/checkpoint/model.safetensors"), os.path.join(work, "two/checkpoint/model.safetensors"))
         loss_gap = max(abs(a - b) for a, b in zip(train_losses(os.path.join(work, "one")), train_losses(os.path.join(work, "two"))))

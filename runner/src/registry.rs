@@ -165,6 +165,11 @@ impl Registry {
         Ok(())
     }
 
+    /// The plugin libraries loaded, by canonical path.
+    pub fn libraries(&self) -> &[PathBuf] {
+        &self.loaded
+    }
+
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }

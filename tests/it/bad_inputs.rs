@@ -3,8 +3,9 @@
 //! the exit code and a piece of the message it must give. Every row also checks
 //! that no panic report, backtrace or C++ frame reaches the user and that
 //! nothing partial is left behind: the files under the row's folder after the
-//! command are those before it (plus, where a row says so, token-store locks,
-//! whole token stores, or a run folder holding only its `recipe.yaml`).
+//! command are those before it (plus, where a row says so, whole token stores
+//! or a run folder holding only its `recipe.yaml`; never a lock file), and
+//! no file of earlier results (a finished run and its checkpoint) changed.
 //!
 //! Most rows use `runner validate`, which catches them without loading a model.
 //! Then the defects found by using the runner as a newcomer would, each as its
@@ -21,7 +22,7 @@ use crate::common::{beside_runner, build_plugin, library, root, runner, runner_c
 /// What a row may leave behind.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Leaves {
-    /// Nothing new but the token cache's lock files.
+    /// Nothing new (no lock file either).
     Nothing,
     /// Whole token stores in the cache (a failure after the store was built, or a rebuild).
     Stores,
@@ -81,13 +82,13 @@ fn tree(dir: &Path) -> BTreeSet<PathBuf> {
 /// Whether `new` (a path that appeared) is something `leaves` allows.
 fn allowed(new: &Path, leaves: Leaves) -> bool {
     let s = new.to_string_lossy();
-    let lock = s.starts_with("cache/") && s.ends_with(".lock") && !s[6..].contains('/');
-    let store = s.starts_with("cache/") && !s.contains(".tmp-");
-    let run = s.starts_with("out/") && (s.matches('/').count() == 1 || s.ends_with("/recipe.yaml"));
+    let lock = s.ends_with(".lock");
+    let store = s.starts_with("cache/") && !s.contains(".tmp-") && !lock;
+    let run = s.starts_with("out/") && !lock && (s.matches('/').count() == 1 || s.ends_with("/recipe.yaml"));
     match leaves {
-        Leaves::Nothing => lock,
-        Leaves::Stores => lock || store,
-        Leaves::RunRecipe => lock || store || run,
+        Leaves::Nothing => false,
+        Leaves::Stores => store,
+        Leaves::RunRecipe => store || run,
     }
 }
 
@@ -149,8 +150,14 @@ fn runs(row: &Row, w: &Path) -> std::process::Output {
     c.output().expect("the runner binary starts")
 }
 
+/// The bytes of every file under `dir` (results that a row must not change).
+fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    tree(dir).into_iter().filter_map(|p| std::fs::read(dir.join(&p)).ok().map(|b| (p, b))).collect()
+}
+
 fn check(row: &Row, w: &Path) -> Result<(), String> {
     let before = tree(w);
+    let results = contents(&w.join("out"));
     let o = runs(row, w);
     let err = stderr(&o);
     let mut wrong = Vec::new();
@@ -160,7 +167,7 @@ fn check(row: &Row, w: &Path) -> Result<(), String> {
     if !err.contains(&row.needle) {
         wrong.push(format!("the message lacks `{}`", row.needle));
     }
-    for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace", "frame #", "internal error"] {
+    for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace", "frame #", "internal error", "truncate_ragged_lines"] {
         if err.contains(bad) {
             wrong.push(format!("the message shows `{bad}`"));
         }
@@ -168,6 +175,11 @@ fn check(row: &Row, w: &Path) -> Result<(), String> {
     let left: Vec<PathBuf> = tree(w).difference(&before).filter(|p| !allowed(p, row.leaves)).cloned().collect();
     if !left.is_empty() {
         wrong.push(format!("left behind: {left:?}"));
+    }
+    let changed: Vec<&PathBuf> =
+        results.iter().filter(|(p, b)| std::fs::read(w.join("out").join(p)).ok().as_ref() != Some(b)).map(|(p, _)| p).collect();
+    if !changed.is_empty() {
+        wrong.push(format!("changed or removed earlier results: {changed:?}"));
     }
     if wrong.is_empty() {
         Ok(())
@@ -287,6 +299,45 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
     let tokenizer = |p: &str| format!("tokenizer.path={p}/tokenizer.json");
     let plugin = |p: &str| format!("plugins=[{p}]");
     let cache_dir = w.join("cache");
+    // A finished run with one checkpoint (keep: 1), for the rows that point into it.
+    let done = runs(
+        &row("a run", &["run", &tiny, "--set", "run.name=done", "--set", "training.max_steps=2", "--set", "training.checkpoint.every=2", "--set", "training.checkpoint.keep=1"], ""),
+        w,
+    );
+    assert!(done.status.success(), "{}", stderr(&done));
+    let done_ckpt = ws("out/done/checkpoints/step-2");
+    let into = |dir: &str, name: &str| [format!("run.output_dir={}", ws(dir)), format!("run.name={name}")];
+    let [into_ckpts, step2] = into("out/done/checkpoints", "step-2");
+    let [into_run, inner] = into("out/done", "inner");
+    // A project folder that holds a recipe named recipe.yaml, and no results.
+    std::fs::create_dir(w.join("project")).unwrap();
+    std::fs::copy(&tiny, w.join("project/recipe.yaml")).unwrap();
+    let into_project = format!("run.output_dir={}", ws("project"));
+    // A finished run that saved no checkpoint; a copy of `done` whose only checkpoint is damaged.
+    let nockpt = runs(
+        &row("a run", &["run", &tiny, "--set", "run.name=nockpt", "--set", "training.max_steps=2", "--set", "training.checkpoint.every=0"], ""),
+        w,
+    );
+    assert!(nockpt.status.success(), "{}", stderr(&nockpt));
+    let cp = std::process::Command::new("cp").arg("-a").arg(w.join("out/done")).arg(w.join("out/damaged")).status().unwrap();
+    assert!(cp.success());
+    let weights = w.join("out/damaged/checkpoints/step-2/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+    // Probe files (two classes), and JSONL files that start with a UTF-8 byte-order mark.
+    let probe_text = "{\"text\": \"the big cat sat .\", \"label\": \"a\"}\n{\"text\": \"the cat is old .\", \"label\": \"b\"}\n";
+    std::fs::write(w.join("probe.jsonl"), probe_text).unwrap();
+    std::fs::write(w.join("probe-bom.jsonl"), format!("\u{feff}{probe_text}")).unwrap();
+    let corpus = std::fs::read_to_string(root().join("tests/fixtures/toy-corpus.txt")).unwrap();
+    let records: String = corpus.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("{}\n", serde_json::json!({"text": l}))).collect();
+    std::fs::write(w.join("corpus-bom.jsonl"), format!("\u{feff}{records}")).unwrap();
+    let probe = |file: &str, extra: &str| format!("metrics=[loss, {{name: probe, options: {{train: {}, eval: {}{extra}}}}}]", ws(file), ws(file));
+    // A run folder whose metrics table is not a table.
+    std::fs::create_dir_all(w.join("reports/bad-csv")).unwrap();
+    std::fs::write(w.join("reports/bad-csv/metrics.csv"), "step,train_loss\n1,2.5\n2,2.4,9,9,9\n\"unclosed,1\n").unwrap();
+    let name_250 = format!("run.name={}", "n".repeat(250));
 
     let mut rows = vec![
         // Recipes: keys, types, ranges.
@@ -307,6 +358,20 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         set("tokenizer larger than the vocabulary", &[&tokenizer(&big_tok)], "has 50 tokens but the model's vocabulary"),
         set("unknown metric", &["metrics=[loss, perplexty]"], "did you mean perplexity"),
         set("unknown device", &["training.device=tpu"], "training.device: unknown device `tpu`"),
+        // Values that pass a type check but would overflow a conversion later.
+        set("timeout beyond a Duration", &["training.distributed.timeout_s=1e20"], "training.distributed.timeout_s: must be a positive number of seconds, at most"),
+        set("infinite timeout", &["training.distributed.timeout_s=.inf"], "training.distributed.timeout_s: must be a positive number"),
+        set("steps beyond any run", &["training.max_steps=18446744073709551615"], "training.max_steps: must be at most"),
+        set("warmup beyond any run", &["training.warmup_steps=18446744073709551615"], "training.warmup_steps: must be at most"),
+        set("epochs beyond any run", &["training.max_steps=null", "training.epochs=1e300"], "training.epochs: must be a positive number at most"),
+        set("sequence length beyond an i64", &["data.max_seq_len=18446744073709551615"], "data.max_seq_len: must be in [8,"),
+        set("batch beyond memory", &["training.batch_size=18446744073709551615"], "training.batch_size: must be at most"),
+        set("batch tokens beyond a tensor", &["training.batch_size=1000000", "data.max_seq_len=1000000"], "tokens in one batch"),
+        set("eval batch beyond memory", &["eval.batch_size=4294967296"], "eval.batch_size: must be at most"),
+        set("threads beyond an i32", &["training.threads=4294967297"], "training.threads: must be at most"),
+        set("accumulation beyond any run", &["training.grad_accum_steps=9223372036854775808"], "training.grad_accum_steps: must be at most"),
+        set("model config: negative size", &["model.options={config: {intermediate_size: -1}}"], "intermediate_size must be in [1,"),
+        set("model config: huge model", &["model.checkpoint=null", "model.options={preset: bert-base, config: {num_hidden_layers: 1000000}}"], "parameters, more than 1e11"),
         // Recipe files.
         row("empty recipe", &["validate", &ws("empty.txt")], "the recipe is empty"),
         row("recipe not UTF-8", &["validate", &ws("latin1.txt")], "latin1.txt:2: not UTF-8"),
@@ -315,9 +380,33 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         // Names and the results folder.
         set("run name with ../", &["run.name=../escape"], "run.name: `../escape` must be a name, not a path"),
         set("absolute run name", &["run.name=/tmp/x"], "run.name: `/tmp/x` must be a name, not a path"),
-        set("run name too long", &[&long_name], "the file system takes at most 255"),
+        set("run name too long", &[&long_name], "the file system takes 255 bytes a name"),
+        set("run name too long for `.NAME.replaced` beside it", &[&name_250], "is 250 characters long; at most 245"),
         set("output_dir is a file", &[&out_file], "is a file, not a folder"),
         row("tensorboard/ is a file", &["run", &tiny, "--set", &out_events_file], &events_file_message),
+        // A run never writes into a checkpoint, a model folder or another run's folder.
+        row("resume a checkpoint folder", &["resume", &done_ckpt], "is a checkpoint of the run"),
+        row("resume a checkpoint folder: what to pass", &["resume", &done_ckpt], &format!("runner resume {}", ws("out/done"))),
+        row("resume the checkpoints folder", &["resume", &ws("out/done/checkpoints")], "is inside the run folder"),
+        row("resume the exported model", &["resume", &ws("out/done/checkpoint")], "is a checkpoint of the run"),
+        row("resume a model folder", &["resume", &big_tok], "it is a checkpoint or model folder, not a run folder"),
+        row("run --resume into a checkpoint", &["run", &tiny, "--resume", "--set", &into_ckpts, "--set", &step2], "is a checkpoint of the run"),
+        row("run --overwrite of a checkpoint", &["run", &tiny, "--overwrite", "--set", &into_ckpts, "--set", &step2], "is a checkpoint of the run"),
+        set("run folder inside a run", &[&into_run, &inner], "is inside the run folder"),
+        set("a folder holding a recipe.yaml is no run folder", &[&into_project], "").code(0),
+        // Resume with nothing to continue from: what to do, in a command that takes it.
+        row("resume a finished run without checkpoints", &["resume", &ws("out/nockpt")], &format!("to run it again from the start: runner run {}/recipe.yaml --overwrite", ws("out/nockpt"))),
+        row("resume when every checkpoint is damaged", &["resume", &ws("out/damaged")], "every completed one fails verification"),
+        row("resume when every checkpoint is damaged: which", &["resume", &ws("out/damaged")], "model.safetensors does not match its SHA-256"),
+        // The probe's own sequences against the model's positions.
+        set("probe sequence beyond the model's positions", &[&probe("probe.jsonl", ", max_seq_len: 100000")], "metrics[1].options.max_seq_len: 100000 is longer than the model's 64 positions"),
+        // Files that start with a UTF-8 byte-order mark are read as without it.
+        set("probe file with a byte-order mark", &[&probe("probe-bom.jsonl", "")], "").code(0),
+        row("JSONL corpus with a byte-order mark", &["data", "prepare", &tiny, "--set", "data.dataset=jsonl", "--set", &train(&ws("corpus-bom.jsonl"))], "")
+            .code(0)
+            .leaves(Leaves::Stores),
+        // Reports.
+        row("report of a damaged metrics table", &["report", &ws("reports/bad-csv")], "bad-csv/metrics.csv: cannot read the metrics table"),
         // --set itself.
         set("--set unknown key", &["masking.rat=0.3"], "did you mean `rate`?"),
         set("--set without =", &["training.lr"], "expected key.path=value"),
@@ -357,6 +446,7 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         row("include outside the folder", &["sweep", &escape, "--dry-run"], "outside the template's folder"),
         row("undefined variable", &["sweep", &undefined, "--dry-run"], "undefined"),
         row("sweep name with ../", &["sweep", &undefined, "--dry-run", "--name", "../x"], "sweep name `../x`"),
+        row("sweep name too long", &["sweep", &undefined, "--dry-run", "--name", &"s".repeat(256)], "sweep name is 256 characters long"),
         // Plugins.
         set("missing plugin", &[&plugin(&ws("nope.so"))], "is neither a plugin library nor a folder"),
         set("truncated plugin", &[&plugin(&ws("plugins/libcut.so"))], "cut short"),
@@ -378,11 +468,12 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
     let mut store_failures = Vec::new();
     let o = runs(&prepare, w);
     assert!(o.status.success(), "{}", stderr(&o));
+    // The tiny recipe's store (other rows built stores of their own).
     let store = std::fs::read_dir(&cache_dir)
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.is_dir())
+        .find(|p| p.is_dir() && std::fs::read_to_string(p.join("manifest.json")).is_ok_and(|m| m.contains("toy-corpus.txt")))
         .expect("a token store");
     for (what, file, bytes) in [("cut short", "train.tokens", &b""[..]), ("garbled manifest", "manifest.json", &b"{not json"[..])] {
         std::fs::write(store.join(file), bytes).unwrap();
@@ -396,8 +487,107 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
             store_failures.push(format!("{what}: {file} was not rebuilt"));
         }
     }
+    // Damage that keeps each file's size, at its start, middle and end, and
+    // whole files of one value: found when the store is opened, the file
+    // named, and the store rebuilt.
+    let mut damaged = 0;
+    for split in ["train", "eval"] {
+        for ext in ["tokens", "lines", "docs"] {
+            let file = format!("{split}.{ext}");
+            for at in ["start", "middle", "end", "all"] {
+                let before = std::fs::read(store.join(&file)).unwrap();
+                let mut bytes = before.clone();
+                let n = bytes.len();
+                match at {
+                    "start" => bytes[0] ^= 0x10,
+                    "middle" => bytes[n / 2] ^= 0x01,
+                    "end" => bytes[n - 1] ^= 0x80,
+                    // Every token the same id; every offset the same value.
+                    _ => bytes.iter_mut().enumerate().for_each(|(i, b)| *b = if i % 2 == 0 { 5 } else { 0 }),
+                }
+                std::fs::write(store.join(&file), &bytes).unwrap();
+                let mut r = row("damaged store", &["data", "stats", &tiny], &format!("{file}")).code(0).leaves(Leaves::Stores);
+                r.needle = format!("is broken and will be rebuilt: {}", store.join(&file).display());
+                if let Err(e) = check(&r, w) {
+                    store_failures.push(format!("{file}, damaged at {at}: {e}"));
+                }
+                if std::fs::read(store.join(&file)).unwrap() != before {
+                    store_failures.push(format!("{file}, damaged at {at}: not rebuilt as it was"));
+                }
+                damaged += 1;
+            }
+        }
+    }
     let all: Vec<String> = failures.into_iter().chain(store_failures).collect();
-    assert!(all.is_empty(), "{} of {} rows failed:\n\n{}", all.len(), rows.len() + 2, all.join("\n\n"));
+    assert!(all.is_empty(), "{} of {} rows failed:\n\n{}", all.len(), rows.len() + 2 + damaged, all.join("\n\n"));
+}
+
+/// A store damaged without changing any size is found before a step trains:
+/// the run warns, naming the file, rebuilds the store and trains on it.
+#[test]
+fn a_run_on_a_damaged_store_rebuilds_it_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let out = format!("run.output_dir={}", tmp.path().join("out").display());
+    let with_cache = |args: &[&str]| runner_command(args).env("RUNNER_CACHE_DIR", &cache).output().unwrap();
+    let o = with_cache(&["data", "prepare", "tests/recipes/tiny.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let store = std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.path()).find(|p| p.is_dir()).unwrap();
+    // Every token the same id: the worst case, silent training on garbage.
+    let tokens = store.join("train.tokens");
+    let n = std::fs::metadata(&tokens).unwrap().len() as usize;
+    std::fs::write(&tokens, [5u8, 0].repeat(n / 2)).unwrap();
+    let o = with_cache(&["run", "tests/recipes/tiny.yaml", "--set", &out, "--set", "training.max_steps=2", "--set", "eval.at_start=false"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let warned = err.find(&format!("is broken and will be rebuilt: {}", tokens.display())).expect("a warning naming the file");
+    let first_step = err.find("step").unwrap_or(usize::MAX);
+    assert!(warned < first_step, "the warning comes before any step: {err}");
+    assert_ne!(std::fs::read(&tokens).unwrap(), [5u8, 0].repeat(n / 2), "rebuilt");
+}
+
+/// The longest name `validate` takes is one `run` can use, `--overwrite`
+/// included (`.NAME.replaced` beside the folder), and a run leaves no lock file.
+#[test]
+fn the_longest_run_name_runs_and_overwrites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = format!("run.output_dir={}", tmp.path().display());
+    let name = "n".repeat(245);
+    let set_name = format!("run.name={name}");
+    let args = ["run", "tests/recipes/tiny.yaml", "--set", &out, "--set", &set_name, "--set", "training.max_steps=1", "--set", "eval.at_start=false"];
+    for overwrite in [false, true] {
+        let mut a = args.to_vec();
+        if overwrite {
+            a.push("--overwrite");
+        }
+        let o = runner(&a);
+        assert!(o.status.success(), "overwrite {overwrite}: {}", stderr(&o));
+    }
+    let left: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, vec![name], "only the run's folder: no lock file, nothing moved aside");
+}
+
+/// `runner report` over runs one of which has a damaged `recipe.yaml`: the
+/// report is made, that recipe's text never becomes a column, and a warning
+/// names the file.
+#[test]
+fn a_report_over_a_run_with_a_damaged_recipe_leaves_that_recipe_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = format!("run.output_dir={}", tmp.path().join("runs").display());
+    for (name, lr) in [("a", "2.0e-3"), ("b", "1.0e-3"), ("c", "3.0e-3")] {
+        let (name, lr) = (format!("run.name={name}"), format!("training.lr={lr}"));
+        let o = runner(&["run", "tests/recipes/tiny.yaml", "--set", &out, "--set", &name, "--set", &lr, "--set", "training.max_steps=2"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let damaged = tmp.path().join("runs/c/recipe.yaml");
+    std::fs::write(&damaged, ":::\n").unwrap();
+    let o = runner(&["report", tmp.path().join("runs").to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(&format!("{}: ", damaged.display())) && err.contains("recipe keys are left out"), "{err}");
+    let header = std::fs::read_to_string(tmp.path().join("runs/report.csv")).unwrap().lines().next().unwrap().to_string();
+    assert!(!header.contains(":::"), "{header}");
+    assert!(header.contains("training.lr"), "the other runs' differing key stays: {header}");
 }
 
 #[test]

@@ -315,14 +315,49 @@ fn launch_names_the_rank_whose_worker_was_killed_and_stops_the_others() {
 
 #[test]
 fn launch_passes_on_the_failing_workers_exit_code() {
-    let o = runner(&["launch", "--nproc-per-node", "2", "tests/recipes/no-such-recipe.yaml"]);
+    // Rank 0 finds earlier results (the launcher's own check cannot see that).
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(out.path().join("tiny")).unwrap();
+    std::fs::write(out.path().join("tiny/metrics.csv"), "step\n").unwrap();
+    let dir = format!("run.output_dir={}", out.path().display());
+    let o = runner(&["launch", "--nproc-per-node", "2", "tests/recipes/tiny.yaml", "--set", &dir]);
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("exited with code 2; the other workers were stopped"), "{err}");
-    // Each worker's own message, passed through with its rank, and quoted in the report.
-    assert!(err.contains("[rank 0] error:") && err.contains("[rank 1] error:"), "{err}");
-    assert!(err.contains("stderr:\n  error:") && err.contains("no-such-recipe.yaml"), "{err}");
+    // Rank 1 then loses its peer and fails too; whichever the launcher sees
+    // end first is reported, and its exit code is the launcher's.
+    let code = ["0", "1"]
+        .iter()
+        .find_map(|r| err.split(&format!("error: rank {r} exited with code ")).nth(1).and_then(|t| t.split(';').next()?.parse::<i32>().ok()))
+        .unwrap_or_else(|| panic!("no failing rank named: {err}"));
+    assert_eq!(o.status.code(), Some(code), "{err}");
+    assert!(err.contains("; the other workers were stopped"), "{err}");
+    // Rank 0's own message, passed through with its rank; the failing rank's quoted in the report.
+    assert!(err.contains("[rank 0] error:") && err.contains("already holds results"), "{err}");
+    assert!(err.contains("stderr:\n  error:"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn launch_checks_the_recipe_once_before_starting_any_worker() {
+    for (args, needle) in [
+        (vec!["tests/recipes/no-such-recipe.yaml"], "no-such-recipe.yaml"),
+        (vec!["tests/recipes/tiny.yaml", "--set", "training.lr=-1"], "training.lr: must be positive"),
+        (vec!["tests/recipes/tiny.yaml", "--set", "training.distributed.timeout_s=1e20"], "training.distributed.timeout_s"),
+    ] {
+        let mut all = vec!["launch", "--nproc-per-node", "2"];
+        all.extend(args);
+        let o = runner(&all);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
+        assert!(err.contains(needle) && !err.contains("[rank"), "no worker started: {err}");
+    }
+}
+
+#[test]
+fn launch_holds_the_worker_count_to_the_machine() {
+    let o = runner(&["launch", "--nproc-per-node", "1000", "tests/recipes/tiny.yaml"]);
+    assert_error(&o, 2, &["--nproc-per-node 1000: this machine has", "CPU core(s)", "--oversubscribe"]);
+    assert!(!stderr(&o).contains("[rank"), "{}", stderr(&o));
 }
 
 #[test]

@@ -70,6 +70,45 @@ fn two_workers_started_with_torchrun_variables_match_one_process() {
     assert_same_five_steps(&one, &out.path().join("two"));
 }
 
+/// Two ranks started by hand with one key different: both refuse, naming the
+/// key and its two values, and no step is trained (no metrics are written).
+#[test]
+fn ranks_with_different_recipes_refuse_on_every_rank_naming_the_key() {
+    let out = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let workers: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut a = vec!["run".to_string()];
+            let lr = if rank == 0 { "training.lr=2.0e-3" } else { "training.lr=1.0e-3" };
+            a.extend(args(out.path(), "disagree", &[lr]));
+            let rank = rank.to_string();
+            runner_command(&a.iter().map(String::as_str).collect::<Vec<_>>())
+                .envs([
+                    ("RANK", rank.as_str()),
+                    ("LOCAL_RANK", rank.as_str()),
+                    ("WORLD_SIZE", "2"),
+                    ("LOCAL_WORLD_SIZE", "2"),
+                    ("MASTER_ADDR", "127.0.0.1"),
+                    ("MASTER_PORT", port.as_str()),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, w) in workers.into_iter().enumerate() {
+        let o = w.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "rank {rank}: {err}");
+        assert!(err.contains("the ranks of this job disagree in training.lr;"), "rank {rank}: {err}");
+        assert!(err.contains("training.lr (0.002 on rank 0, 0.001 on rank 1)"), "rank {rank}: {err}");
+        assert!(!err.contains("frame #") && !err.contains("panicked"), "rank {rank}: {err}");
+    }
+    assert!(!out.path().join("disagree/metrics.csv").exists(), "no step trained");
+    assert!(!out.path().join("disagree/recipe.yaml").exists(), "nothing written");
+}
+
 #[test]
 fn fp16_trains_the_tiny_recipe_to_the_loss_of_fp32() {
     let out = tempfile::tempdir().unwrap();

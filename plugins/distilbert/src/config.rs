@@ -90,6 +90,19 @@ impl DistilBertConfig {
     }
 
     pub fn check(&self) -> Result<()> {
+        runner_encoder::config::check_sizes(
+            &[
+                ("vocab_size", self.vocab_size, 1),
+                ("dim", self.dim, 1),
+                ("n_layers", self.n_layers, 0),
+                ("n_heads", self.n_heads, 1),
+                ("hidden_dim", self.hidden_dim, 1),
+                ("max_position_embeddings", self.max_position_embeddings, 1),
+            ],
+            self.vocab_size + self.max_position_embeddings,
+            self.n_layers,
+            self.hidden_dim,
+        )?;
         if self.dim <= 0 || self.n_heads <= 0 || self.dim % self.n_heads != 0 {
             bail!("dim ({}) must be a positive multiple of n_heads ({})", self.dim, self.n_heads);
         }

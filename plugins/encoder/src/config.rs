@@ -8,6 +8,25 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+/// Sizes become tensor shapes and buffer lengths, so each is bounded: a config
+/// passing the check never overflows one. `sizes` are (name, value, least);
+/// the model (`embeddings` rows of `hidden_size`, `layers` layers with a
+/// feed-forward of `intermediate`) must stay under 1e11 parameters.
+pub fn check_sizes(sizes: &[(&str, i64, i64)], embeddings: i64, layers: i64, intermediate: i64) -> Result<()> {
+    const MAX_SIZE: i64 = 1 << 24;
+    for &(name, v, min) in sizes {
+        if !(min..=MAX_SIZE).contains(&v) {
+            bail!("{name} must be in [{min}, {MAX_SIZE}], got {v}");
+        }
+    }
+    let h = sizes.iter().find(|s| s.0 == "hidden_size" || s.0 == "dim").map_or(0, |s| s.1) as f64;
+    let params = embeddings as f64 * h + layers as f64 * (4.0 * h * h + 2.0 * h * intermediate as f64);
+    if params > 1e11 {
+        bail!("the config makes a model of about {params:.2e} parameters, more than 1e11");
+    }
+    Ok(())
+}
+
 /// Mirrors `transformers.BertConfig`. `Default` is bert-base-uncased.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -144,6 +163,26 @@ impl BertConfig {
     pub fn check(&self) -> Result<()> {
         if self.hidden_size <= 0 || self.num_attention_heads <= 0 {
             bail!("hidden_size and num_attention_heads must be positive");
+        }
+        check_sizes(
+            &[
+                ("vocab_size", self.vocab_size, 1),
+                ("hidden_size", self.hidden_size, 1),
+                ("num_hidden_layers", self.num_hidden_layers, 0),
+                ("num_attention_heads", self.num_attention_heads, 1),
+                ("intermediate_size", self.intermediate_size, 1),
+                ("max_position_embeddings", self.max_position_embeddings, 1),
+                ("type_vocab_size", self.type_vocab_size, 1),
+            ],
+            self.vocab_size + self.max_position_embeddings + self.type_vocab_size,
+            self.num_hidden_layers,
+            self.intermediate_size,
+        )?;
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            bail!("layer_norm_eps must be positive, got {}", self.layer_norm_eps);
+        }
+        if !(self.initializer_range >= 0.0 && self.initializer_range.is_finite()) {
+            bail!("initializer_range must be a number >= 0, got {}", self.initializer_range);
         }
         if self.hidden_size % self.num_attention_heads != 0 {
             bail!(

@@ -36,6 +36,8 @@ pub fn read(path: &Path, text_field: &str, label_field: &str, max: Option<usize>
         let Ok(line) = std::str::from_utf8(line) else {
             bail!("{} line {n}: not valid UTF-8", path.display());
         };
+        // A UTF-8 byte-order mark (as some editors write) before the first example.
+        let line = if n == 1 { line.strip_prefix('\u{feff}').unwrap_or(line) } else { line };
         if line.trim().is_empty() {
             continue;
         }
@@ -90,6 +92,9 @@ mod tests {
         assert_eq!(l.labels, ["x", "3", "x"]);
         assert_eq!(l.lines, [1, 3, 4]);
         assert_eq!(read(f.path(), "text", "label", Some(2)).unwrap().len(), 2);
+        // A UTF-8 byte-order mark before the first example is no text.
+        let f = file("\u{feff}{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\", \"label\": \"y\"}\n");
+        assert_eq!(read(f.path(), "text", "label", None).unwrap().texts, ["a", "b"]);
     }
 
     #[test]

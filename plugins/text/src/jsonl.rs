@@ -37,6 +37,8 @@ pub struct JsonlDataset {
 impl JsonlDataset {
     /// One record's document (`None` when its text has no non-blank line).
     fn document(&self, file: &Path, n: usize, line: &str) -> Result<Option<Document>> {
+        // A UTF-8 byte-order mark (as some editors write) before the first record.
+        let line = if n == 1 { line.strip_prefix('\u{feff}').unwrap_or(line) } else { line };
         let record: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}:{n}: not a JSON object", file.display()))?;
         let Some(field) = record.get(&self.opts.text_field) else {
@@ -111,5 +113,15 @@ mod tests {
         let err = docs.next().unwrap().unwrap_err().to_string();
         assert!(docs.next().is_none(), "the stream ends at its first error");
         assert!(err.contains("a.jsonl:1: no `text` field"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_record_is_no_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bom.jsonl");
+        std::fs::write(&f, "\u{feff}{\"text\": \"one\"}\n{\"text\": \"two\"}\n").unwrap();
+        let ds = JsonlDataset { opts: JsonlOptions { text_field: "text".into(), suffix: ".jsonl".into() } };
+        let docs: Vec<Document> = ds.read(&f).unwrap().collect::<Result<_>>().unwrap();
+        assert_eq!(docs, vec![vec!["one".to_string()], vec!["two".to_string()]]);
     }
 }

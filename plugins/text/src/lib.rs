@@ -161,7 +161,9 @@ impl OpenFile {
                 start + e.valid_up_to()
             )
         })?;
-        Ok(Some(text.strip_suffix('\n').unwrap_or(text)))
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        // A UTF-8 byte-order mark (as some editors write) is no text.
+        Ok(Some(if self.line_no == 1 { text.strip_prefix('\u{feff}').unwrap_or(text) } else { text }))
     }
 }
 
@@ -275,6 +277,15 @@ mod tests {
         assert_eq!(docs, vec![vec!["one".to_string()], vec!["two".to_string()]]);
         let err = ds.read(&dir.path().join("missing")).err().unwrap().to_string();
         assert!(err.contains("no such file"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_of_a_file_is_no_text() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "\u{feff}one\n\ntwo\n").unwrap();
+        let ds = TextDataset::new(TextOptions::default());
+        let docs: Vec<Document> = ds.read(&dir.path().join("a.txt")).unwrap().collect::<Result<_>>().unwrap();
+        assert_eq!(docs, vec![vec!["one".to_string()], vec!["two".to_string()]]);
     }
 
     #[test]

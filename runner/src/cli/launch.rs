@@ -1,6 +1,8 @@
 //! `runner launch --nproc-per-node N RECIPE`: runs `runner run RECIPE` as N
 //! data-parallel workers on this machine (one of `--nnodes` machines), the
-//! way torchrun does; see `distributed/launch.rs`.
+//! way torchrun does; see `distributed/launch.rs`. The recipe is checked once
+//! here, before any worker starts (one message, exit 2), and N is held to the
+//! machine's CPU cores (CPU) or GPUs (CUDA) unless `--oversubscribe`.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -10,6 +12,9 @@ use anyhow::{Context, Result};
 
 use super::LaunchArgs;
 use crate::distributed::launch::{launch as start, Launch};
+use crate::error::user_msg;
+use crate::recipe::{self, Override};
+use crate::registry::Registry;
 
 /// Seconds stopped workers get between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -23,6 +28,9 @@ pub fn launch(args: &LaunchArgs, verbose: bool) -> Result<()> {
         master_port: args.master_port,
         grace: GRACE,
     };
+    plan.check()?;
+    let device = checked_device(args)?;
+    check_count(args.nproc_per_node, device, args.oversubscribe)?;
     let mut worker: Vec<OsString> = Vec::new();
     if verbose {
         worker.push("--verbose".into());
@@ -50,4 +58,34 @@ pub fn launch(args: &LaunchArgs, verbose: bool) -> Result<()> {
     let _ = std::io::stdout().flush();
     eprintln!("error: {}", outcome.message());
     std::process::exit(i32::from(code));
+}
+
+/// Checks the recipe (with the overrides) as every worker would, before any
+/// starts; returns the device it trains on.
+fn checked_device(args: &LaunchArgs) -> Result<tch::Device> {
+    let overrides: Vec<Override> = args.overrides.iter().map(|o| o.parse()).collect::<Result<_>>()?;
+    let raw = recipe::load(&args.recipe, &overrides)?;
+    let registry = Registry::discover(&raw.plugins)?;
+    Ok(recipe::resolve(raw, &args.recipe, &registry)?.device)
+}
+
+/// Workers on this machine: at most one per GPU on CUDA (each takes
+/// `cuda:LOCAL_RANK`) and one per CPU core on the CPU, unless oversubscribed
+/// (on CUDA more workers then share the GPUs in turn, which Gloo allows and
+/// NCCL refuses).
+fn check_count(n: usize, device: tch::Device, oversubscribe: bool) -> Result<()> {
+    let (have, what) = if device.is_cuda() {
+        (usize::try_from(tch::Cuda::device_count()).unwrap_or(0), "GPU(s)")
+    } else {
+        (std::thread::available_parallelism().map_or(1, |n| n.get()), "CPU core(s) available to it")
+    };
+    if n > have && !oversubscribe {
+        let how = if device.is_cuda() {
+            "each worker takes a GPU of its own (cuda:LOCAL_RANK); pass --oversubscribe to share them (Gloo only)"
+        } else {
+            "pass --oversubscribe to start them anyway"
+        };
+        return Err(user_msg(format!("--nproc-per-node {n}: this machine has {have} {what}; {how}")));
+    }
+    Ok(())
 }

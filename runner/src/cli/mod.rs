@@ -92,6 +92,11 @@ pub struct LaunchArgs {
     /// Continue the run from its newest complete checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Start more workers than this machine has CPU cores (on the CPU) or GPUs
+    /// (on CUDA, where they share the GPUs in turn: Gloo only); without it,
+    /// such a count is refused.
+    #[arg(long)]
+    pub oversubscribe: bool,
 }
 
 /// An override as given, once it parses (the workers parse it again).

@@ -29,6 +29,10 @@ pub fn run(args: &RecipeArgs, start: Start) -> Result<()> {
 /// the run's wherever it now lies.
 pub fn resume(run_dir: &Path, overrides: Vec<Override>) -> Result<()> {
     let recipe = run_dir.join("recipe.yaml");
+    // A checkpoint also has a recipe.yaml: a resume never writes into one.
+    if let Some(why) = crate::recipe::files::foreign_run_dir(run_dir) {
+        return Err(user_msg(why));
+    }
     if !recipe.is_file() {
         return Err(user_msg(format!("{}: not a run folder (it has no recipe.yaml)", run_dir.display())));
     }

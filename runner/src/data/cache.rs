@@ -14,7 +14,8 @@
 //! manifest is written, so a half-written store is never used; one that does
 //! not match its manifest is reported, removed and rebuilt. Processes that need
 //! the same store take `<key>.lock` (an exclusive file lock) before building:
-//! the first builds, the others wait, then map what it built.
+//! the first builds, the others wait, then map what it built; the lock file is
+//! removed by whoever holds it last, built or failed.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -127,7 +128,7 @@ pub fn store(recipe: &Recipe, sources: &Sources, registry: &Registry, tok: &Toke
         let built = prepare::build(dir, &input, tok, width)?;
         let mut described: Vec<String> = sources.train.iter().map(|p| p.display().to_string()).collect();
         described.extend(sources.eval.iter().flatten().map(|p| format!("eval: {}", p.display())));
-        let manifest = Manifest::new(&key, described, width, built.train, built.eval, built.text_bytes);
+        let manifest = Manifest::new(&key, described, width, vocab_size, built.train, built.eval, built.text_bytes);
         manifest.write(dir)?;
         let secs = t0.elapsed().as_secs_f64();
         tracing::info!(
@@ -141,12 +142,12 @@ pub fn store(recipe: &Recipe, sources: &Sources, registry: &Registry, tok: &Toke
         Ok(())
     };
     match root {
-        Some(root) => open_or_build(&root, &key, build),
+        Some(root) => open_or_build(&root, &key, vocab_size, build),
         None => {
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
             let tmp = std::env::temp_dir().join(format!("runner-tokens-{}-{nanos}", std::process::id()));
             std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-            let store = build(&tmp).and_then(|()| Store::open(&tmp));
+            let store = build(&tmp).and_then(|()| Store::open(&tmp, vocab_size));
             // Mapped files stay readable after the folder is removed.
             let _ = std::fs::remove_dir_all(&tmp);
             store
@@ -156,25 +157,16 @@ pub fn store(recipe: &Recipe, sources: &Sources, registry: &Registry, tok: &Toke
 
 /// Maps the store `root/key`, building it with `build` first when it is
 /// missing or broken; concurrent callers build it once (see the module docs).
-pub fn open_or_build(root: &Path, key: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<Store> {
+pub fn open_or_build(root: &Path, key: &str, vocab_size: usize, build: impl FnOnce(&Path) -> Result<()>) -> Result<Store> {
     let path = root.join(key);
-    if let Some(store) = open_existing(&path) {
+    if let Some(store) = open_existing(&path, vocab_size) {
         return Ok(store);
     }
     std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
     let lock_path = root.join(format!("{key}.lock"));
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        tracing::info!("data: another process is building {}; waiting for it", path.display());
-        lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
-    }
+    let _lock = StoreLock::take(&lock_path, &path)?;
     // Whoever held the lock may have built it.
-    if let Some(store) = open_existing(&path) {
+    if let Some(store) = open_existing(&path, vocab_size) {
         return Ok(store);
     }
     // Holding the lock, nothing else writes under this key: clear what a
@@ -187,17 +179,58 @@ pub fn open_or_build(root: &Path, key: &str, build: impl FnOnce(&Path) -> Result
         return Err(e);
     }
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    let store = Store::open(&path)?;
+    let store = Store::open(&path, vocab_size)?;
     tracing::info!("data: token store {} ({:.1} MB)", path.display(), store.manifest.size() as f64 / 1e6);
     Ok(store)
 }
 
+/// `<key>.lock`, held: removed (while still held) when dropped, so no lock
+/// file outlives its builder, built or failed. A waiter that then gets the
+/// lock of a file no longer at the path takes the lock again, so two
+/// processes never hold `<key>.lock` at once.
+struct StoreLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl StoreLock {
+    fn take(lock_path: &Path, store: &Path) -> Result<StoreLock> {
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(lock_path)
+                .with_context(|| format!("cannot open {}", lock_path.display()))?;
+            if file.try_lock().is_err() {
+                tracing::info!("data: another process is building {}; waiting for it", store.display());
+                file.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+            }
+            let held = file.metadata().with_context(|| format!("cannot read {}", lock_path.display()))?;
+            match std::fs::metadata(lock_path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(StoreLock { file, path: lock_path.to_path_buf() })
+                }
+                _ => continue, // removed by its last holder: lock the file now there
+            }
+        }
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.sync_all(); // the lock is released when the file closes, after the removal
+    }
+}
+
 /// The store at `path` if it is there and whole; a broken one is reported.
-fn open_existing(path: &Path) -> Option<Store> {
+fn open_existing(path: &Path, vocab_size: usize) -> Option<Store> {
     if !path.exists() {
         return None;
     }
-    match Store::open(path) {
+    match Store::open(path, vocab_size) {
         Ok(store) => Some(store),
         Err(e) => {
             tracing::warn!("token store {} is broken and will be rebuilt: {e:#}", path.display());
@@ -206,6 +239,10 @@ fn open_existing(path: &Path) -> Option<Store> {
     }
 }
 
+/// Clears what a killed builder or a broken store of `key` left (the caller
+/// holds its lock), and the temporary folders of any key whose builder is no
+/// longer running (`<key>.tmp-<pid>` with no process `pid`), so a killed
+/// `data prepare` does not leave its folder until that store is built again.
 fn remove_leftovers(root: &Path, key: &str) -> Result<()> {
     let tmp_prefix = format!("{key}.tmp-");
     for entry in std::fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))? {
@@ -214,6 +251,12 @@ fn remove_leftovers(root: &Path, key: &str) -> Result<()> {
         let name = name.to_string_lossy();
         if name == key || name.starts_with(&tmp_prefix) {
             std::fs::remove_dir_all(entry.path()).with_context(|| format!("cannot remove {}", entry.path().display()))?;
+        } else if let Some(pid) = name.rsplit_once(".tmp-").and_then(|(_, p)| p.parse::<libc::pid_t>().ok()) {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if gone && entry.path().is_dir() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
     Ok(())
@@ -236,7 +279,7 @@ mod tests {
                 w.push_document(&[vec![1u32, 2, 3]])?;
                 counts.push(w.finish()?);
             }
-            Manifest::new("k", vec![], Width::U16, counts[0], counts[1], 6).write(dir)
+            Manifest::new("k", vec![], Width::U16, 100, counts[0], counts[1], 6).write(dir)
         }
     }
 
@@ -284,22 +327,28 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let builds = AtomicUsize::new(0);
         std::thread::scope(|s| {
-            let handles: Vec<_> = (0..4).map(|_| s.spawn(|| open_or_build(root.path(), "k", builder(&builds)).unwrap())).collect();
+            let handles: Vec<_> = (0..4).map(|_| s.spawn(|| open_or_build(root.path(), "k", 100, builder(&builds)).unwrap())).collect();
             for h in handles {
                 assert_eq!(h.join().unwrap().train.tokens(), 3);
             }
         });
         assert_eq!(builds.load(Ordering::SeqCst), 1, "one build for four callers");
-        open_or_build(root.path(), "k", builder(&builds)).unwrap();
+        open_or_build(root.path(), "k", 100, builder(&builds)).unwrap();
         assert_eq!(builds.load(Ordering::SeqCst), 1, "mapped, not rebuilt");
         // Cut a file short: detected, rebuilt.
         std::fs::write(root.path().join("k/train.tokens"), [1u8, 0]).unwrap();
-        let store = open_or_build(root.path(), "k", builder(&builds)).unwrap();
+        let store = open_or_build(root.path(), "k", 100, builder(&builds)).unwrap();
         assert_eq!((builds.load(Ordering::SeqCst), store.train.tokens()), (2, 3));
+        // A killed builder's folder of another key goes with the next build of any key.
+        let dead = root.path().join("other.tmp-999999999");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::remove_dir_all(root.path().join("k")).unwrap();
+        open_or_build(root.path(), "k", 100, builder(&builds)).unwrap();
+        assert!(!dead.exists(), "the dead builder's folder is removed");
         // A build that fails leaves nothing behind; a half-written one is never used.
         std::fs::remove_file(root.path().join("k").join(MANIFEST)).unwrap();
-        assert!(open_or_build(root.path(), "k", |_| anyhow::bail!("disk full")).is_err());
+        assert!(open_or_build(root.path(), "k", 100, |_| anyhow::bail!("disk full")).is_err());
         let left: Vec<String> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
-        assert!(left.iter().all(|n| n == "k.lock"), "{left:?}");
+        assert!(left.is_empty(), "no lock file or temporary folder left: {left:?}");
     }
 }

@@ -92,8 +92,8 @@ impl Case {
         let input = Input { dataset: &self.dataset, train: &train, eval, max_train_documents: self.max_train_documents };
         let width = Width::for_vocab(vocab.vocab_size);
         let built = prepare::build(dir, &input, tok, width).unwrap();
-        Manifest::new("test", vec![], width, built.train, built.eval, built.text_bytes).write(dir).unwrap();
-        Store::open(dir).unwrap()
+        Manifest::new("test", vec![], width, vocab.vocab_size, built.train, built.eval, built.text_bytes).write(dir).unwrap();
+        Store::open(dir, vocab.vocab_size).unwrap()
     }
 }
 

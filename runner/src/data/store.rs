@@ -9,8 +9,13 @@
 //! - `<split>.docs`: u64 offsets into the lines where each document starts,
 //!   then the end (documents + 1 values);
 //!
-//! and `manifest.json` (format, token width, counts, every file's size),
-//! written last. A store whose files do not match its manifest is refused.
+//! and `manifest.json` (format, token width, the vocabulary's size, counts,
+//! every file's size and SHA-256), written last. Opening a store reads every
+//! file once, sequentially: a file whose size or SHA-256 differs from the
+//! manifest's, a token id beyond the vocabulary, or an offset that goes
+//! backwards or past its file is refused, naming the file, so damage that
+//! keeps a file's size is found before a step trains (`cache.rs` then
+//! rebuilds the store).
 //! Packed blocks and line-by-line examples are views over a split
 //! (`examples.rs`); nothing is copied out of the store to build them.
 
@@ -23,7 +28,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// Names the format in each manifest; a store of another format is rebuilt.
-pub const FORMAT: &str = "runner-token-store-1";
+pub const FORMAT: &str = "runner-token-store-2";
 pub const MANIFEST: &str = "manifest.json";
 pub const SPLITS: [&str; 2] = ["train", "eval"];
 
@@ -77,6 +82,8 @@ impl SplitCounts {
 pub struct Manifest {
     pub format: String,
     pub width: Width,
+    /// The tokenizer's vocabulary: every stored id is below it.
+    pub vocab_size: u64,
     /// The cache key the store was built for (see `cache.rs`).
     pub key: String,
     /// What was read, for `runner data stats`.
@@ -86,12 +93,23 @@ pub struct Manifest {
     /// UTF-8 bytes of the documents' lines (what was tokenized).
     pub text_bytes: u64,
     pub files: BTreeMap<String, u64>,
+    /// Each file's SHA-256 (hex), filled in by [`Manifest::write`].
+    pub sha256: BTreeMap<String, String>,
 }
 
 impl Manifest {
-    pub fn new(key: &str, sources: Vec<String>, width: Width, train: SplitCounts, eval: SplitCounts, text_bytes: u64) -> Self {
+    pub fn new(
+        key: &str,
+        sources: Vec<String>,
+        width: Width,
+        vocab_size: usize,
+        train: SplitCounts,
+        eval: SplitCounts,
+        text_bytes: u64,
+    ) -> Self {
         let files = train.file_sizes("train", width).into_iter().chain(eval.file_sizes("eval", width)).collect();
-        Manifest { format: FORMAT.into(), width, key: key.into(), sources, train, eval, text_bytes, files }
+        let (vocab_size, sha256) = (vocab_size as u64, BTreeMap::new());
+        Manifest { format: FORMAT.into(), width, vocab_size, key: key.into(), sources, train, eval, text_bytes, files, sha256 }
     }
 
     /// Bytes on disk, manifest excluded.
@@ -99,9 +117,15 @@ impl Manifest {
         self.files.values().sum()
     }
 
-    /// Writes `manifest.json` (to a temporary name, then renamed).
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        runner_recipe::fs::atomic_write_bytes(&dir.join(MANIFEST), &serde_json::to_vec_pretty(self)?)
+    /// Writes `manifest.json` (to a temporary name, then renamed), with the
+    /// SHA-256 of every file, read back from `dir`.
+    pub fn write(mut self, dir: &Path) -> Result<()> {
+        for name in self.files.keys() {
+            let file = dir.join(name);
+            let mapped = map(&file)?;
+            self.sha256.insert(name.clone(), sha256_hex(&mapped));
+        }
+        runner_recipe::fs::atomic_write_bytes(&dir.join(MANIFEST), &serde_json::to_vec_pretty(&self)?)
     }
 }
 
@@ -229,6 +253,48 @@ fn decode(bytes: &[u8], width: Width) -> Vec<u32> {
     }
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Offsets (u64) that start at 0, never go back (`strict`: always go forward)
+/// and end at `end`.
+fn check_offsets(file: &Path, bytes: &[u8], strict: bool, end: u64) -> Result<()> {
+    let mut prev: Option<u64> = None;
+    for (i, c) in bytes.chunks_exact(8).enumerate() {
+        let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        match prev {
+            None if v != 0 => bail!("{}: the first offset is {v}, not 0", file.display()),
+            Some(p) if v < p || (strict && v == p) => {
+                bail!("{}: offset {i} is {v}, after {p}: offsets must go forward", file.display())
+            }
+            _ if v > end => bail!("{}: offset {i} is {v}, past the end ({end})", file.display()),
+            _ => {}
+        }
+        prev = Some(v);
+    }
+    ensure!(prev == Some(end), "{}: offsets end at {}, not at {end}", file.display(), prev.unwrap_or(0));
+    Ok(())
+}
+
+/// Token ids that are all below `vocab_size`.
+fn check_ids(file: &Path, bytes: &[u8], width: Width, vocab_size: u64) -> Result<()> {
+    let bad = match width {
+        Width::U16 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u64).position(|t| t >= vocab_size),
+        Width::U32 => {
+            bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64).position(|t| t >= vocab_size)
+        }
+    };
+    if let Some(i) = bad {
+        let w = width.bytes();
+        let mut b = [0u8; 4];
+        b[..w].copy_from_slice(&bytes[i * w..i * w + w]);
+        bail!("{}: token {i} has id {}, beyond the vocabulary of {vocab_size}", file.display(), u32::from_le_bytes(b));
+    }
+    Ok(())
+}
+
 fn map(path: &Path) -> Result<memmap2::Mmap> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: store files are written under a temporary directory name and
@@ -250,17 +316,24 @@ fn u64_at(bytes: &[u8], i: usize) -> u64 {
 }
 
 impl Split {
-    fn open(dir: &Path, name: &str, width: Width, counts: SplitCounts) -> Result<Self> {
-        let split = Split {
-            tokens: map(&dir.join(format!("{name}.tokens")))?,
-            lines: map(&dir.join(format!("{name}.lines")))?,
-            docs: map(&dir.join(format!("{name}.docs")))?,
-            width,
-            counts,
-        };
-        let ends = (split.line_start(counts.lines as usize), split.doc_start(counts.documents as usize));
-        if ends != (counts.tokens, counts.lines) {
-            bail!("{name}: offsets end at {ends:?}, the manifest says ({}, {})", counts.tokens, counts.lines);
+    /// Maps a split and checks its content against the manifest (see the module docs).
+    fn open(dir: &Path, name: &str, manifest: &Manifest, counts: SplitCounts) -> Result<Self> {
+        let files = [format!("{name}.tokens"), format!("{name}.lines"), format!("{name}.docs")];
+        let [tokens, lines, docs] = files.clone().map(|f| map(&dir.join(f)));
+        let split = Split { tokens: tokens?, lines: lines?, docs: docs?, width: manifest.width, counts };
+        for (file, bytes) in files.iter().zip([&split.tokens, &split.lines, &split.docs]) {
+            let path = dir.join(file);
+            let Some(want) = manifest.sha256.get(file) else { bail!("{}: the manifest has no SHA-256 of it", path.display()) };
+            match file.rsplit('.').next() {
+                Some("tokens") => check_ids(&path, bytes, manifest.width, manifest.vocab_size)?,
+                Some("lines") => check_offsets(&path, bytes, true, counts.tokens)?,
+                _ => check_offsets(&path, bytes, false, counts.lines)?,
+            }
+            ensure!(
+                sha256_hex(bytes) == *want,
+                "{}: its content does not match the SHA-256 in the manifest (changed or damaged since it was written)",
+                path.display()
+            );
         }
         Ok(split)
     }
@@ -313,20 +386,28 @@ pub struct Store {
 
 impl Store {
     /// Maps the store in `dir` after checking every file against its
-    /// manifest: a store cut short or half written is an error, never used.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// manifest: a store cut short, half written or damaged is an error
+    /// naming the file, never used. `vocab_size` is the tokenizer's.
+    pub fn open(dir: &Path, vocab_size: usize) -> Result<Self> {
         let path = dir.join(MANIFEST);
         let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let manifest: Manifest = serde_json::from_slice(&text).with_context(|| format!("{}: not a store manifest", path.display()))?;
         ensure!(manifest.format == FORMAT, "{}: format {} (this runner reads {FORMAT})", path.display(), manifest.format);
-        let expected = Manifest::new(&manifest.key, vec![], manifest.width, manifest.train, manifest.eval, 0).files;
+        ensure!(
+            manifest.vocab_size == vocab_size as u64 && (manifest.width == Width::U32 || vocab_size <= 1 << 16),
+            "{}: built for a vocabulary of {} ids in {:?}, the tokenizer has {vocab_size}",
+            path.display(),
+            manifest.vocab_size,
+            manifest.width
+        );
+        let expected = Manifest::new(&manifest.key, vec![], manifest.width, vocab_size, manifest.train, manifest.eval, 0).files;
         ensure!(manifest.files == expected, "{}: file sizes disagree with the counts", path.display());
         for (name, size) in &manifest.files {
             let file = dir.join(name);
             let actual = std::fs::metadata(&file).with_context(|| format!("{}: missing", file.display()))?.len();
             ensure!(actual == *size, "{}: {actual} bytes, the manifest says {size}", file.display());
         }
-        let open = |name, counts| Split::open(dir, name, manifest.width, counts).map(std::sync::Arc::new);
+        let open = |name, counts| Split::open(dir, name, &manifest, counts).map(std::sync::Arc::new);
         let (train, eval) = (open("train", manifest.train)?, open("eval", manifest.eval)?);
         Ok(Store { dir: dir.to_path_buf(), manifest, train, eval })
     }
@@ -335,6 +416,9 @@ impl Store {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The vocabulary of the test stores: every id fits.
+    pub(crate) const VOCAB: usize = 65536;
 
     /// Writes a store of the given documents (each a list of token lines) to `dir`.
     pub(crate) fn write_store(dir: &Path, width: Width, train: &[Vec<Vec<u32>>], eval: &[Vec<Vec<u32>>]) -> Store {
@@ -346,8 +430,8 @@ pub(crate) mod tests {
             }
             counts.push(w.finish().unwrap());
         }
-        Manifest::new("k", vec![], width, counts[0], counts[1], 0).write(dir).unwrap();
-        Store::open(dir).unwrap()
+        Manifest::new("k", vec![], width, VOCAB, counts[0], counts[1], 0).write(dir).unwrap();
+        Store::open(dir, VOCAB).unwrap()
     }
 
     #[test]
@@ -377,9 +461,81 @@ pub(crate) mod tests {
         write_store(dir.path(), Width::U16, &[vec![vec![1, 2, 3]]], &[vec![vec![4]]]);
         let tokens = dir.path().join("train.tokens");
         std::fs::write(&tokens, [1u8, 0, 2, 0]).unwrap();
-        let err = Store::open(dir.path()).err().unwrap().to_string();
+        let err = Store::open(dir.path(), VOCAB).err().unwrap().to_string();
         assert!(err.contains("train.tokens: 4 bytes, the manifest says 6"), "{err}");
         std::fs::remove_file(dir.path().join(MANIFEST)).unwrap();
-        assert!(Store::open(dir.path()).is_err(), "no manifest, no store");
+        assert!(Store::open(dir.path(), VOCAB).is_err(), "no manifest, no store");
+    }
+
+    /// Damage that keeps every file's size: found when the store is opened,
+    /// the file named, for each file, at its start, middle and end, by a
+    /// flipped bit, a byte set to 0xff, and a whole file of one value.
+    #[test]
+    fn damage_that_keeps_the_size_is_found_and_names_the_file() {
+        let train: Vec<Vec<Vec<u32>>> = (0..20).map(|d| (0..3).map(|l| (0..5 + l).map(|t| 5 + (d * 7 + l * 3 + t) % 30).collect()).collect()).collect();
+        let eval = vec![vec![vec![6, 7, 8], vec![9]], vec![vec![10, 11]]];
+        type Damage = fn(&mut [u8], usize);
+        let damages: [(&str, Damage); 3] = [
+            ("a flipped bit", |b, at| b[at] ^= 0x01),
+            ("a byte set to 0xff", |b, at| b[at] = if b[at] == 0xff { 0xfe } else { 0xff }),
+            ("one value throughout", |b, _| {
+                let first = b[..2].to_vec();
+                for c in b.chunks_exact_mut(2) {
+                    c.copy_from_slice(&first);
+                }
+                if b.iter().all(|&x| x == first[0]) {
+                    b[0] ^= 1;
+                }
+            }),
+        ];
+        for width in [Width::U16, Width::U32] {
+            for split in SPLITS {
+                for ext in ["tokens", "lines", "docs"] {
+                    let file = format!("{split}.{ext}");
+                    for (what, damage) in damages {
+                        for at in ["start", "middle", "end"] {
+                            let dir = tempfile::tempdir().unwrap();
+                            write_store(dir.path(), width, &train, &eval);
+                            let path = dir.path().join(&file);
+                            let mut bytes = std::fs::read(&path).unwrap();
+                            let n = bytes.len();
+                            let i = match at {
+                                "start" => 0,
+                                "middle" => n / 2,
+                                _ => n - 1,
+                            };
+                            damage(&mut bytes, i);
+                            std::fs::write(&path, &bytes).unwrap();
+                            let err = match Store::open(dir.path(), VOCAB) {
+                                Ok(_) => panic!("{file}: {what} at the {at} was not found"),
+                                Err(e) => format!("{e:#}"),
+                            };
+                            assert!(err.contains(&file), "{file}, {what} at the {at}: {err}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ids_beyond_the_vocabulary_and_offsets_that_go_back_are_named() {
+        let ids = [5u8, 0, 99, 0, 7, 0];
+        assert!(check_ids(Path::new("t"), &ids, Width::U16, 100).is_ok());
+        let err = check_ids(Path::new("t"), &ids, Width::U16, 50).unwrap_err().to_string();
+        assert!(err.contains("token 1 has id 99, beyond the vocabulary of 50"), "{err}");
+        let offs = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        assert!(check_offsets(Path::new("l"), &offs(&[0, 2, 5]), true, 5).is_ok());
+        assert!(check_offsets(Path::new("l"), &offs(&[0, 2, 2, 5]), false, 5).is_ok());
+        for (bad, strict, needle) in [
+            (vec![0, 3, 2, 5], false, "must go forward"),
+            (vec![0, 2, 2, 5], true, "must go forward"),
+            (vec![1, 2, 5], false, "not 0"),
+            (vec![0, 9, 5], false, "past the end"),
+            (vec![0, 2, 4], false, "not at 5"),
+        ] {
+            let err = check_offsets(Path::new("l"), &offs(&bad), strict, 5).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
     }
 }

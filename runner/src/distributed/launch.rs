@@ -3,7 +3,8 @@
 //! worker fails, the others are stopped (SIGTERM, then SIGKILL after a grace
 //! period); SIGINT and SIGTERM sent to the launcher are forwarded to every
 //! worker (which saves a checkpoint and stops; a second signal stops them at
-//! once, and they are killed after the grace period). No worker outlives the launcher: each is started with
+//! once, and they are killed after the grace period); one that comes while
+//! workers are being started stops those started and starts no more. No worker outlives the launcher: each is started with
 //! `PR_SET_PDEATHSIG`, so even a SIGKILLed launcher takes its workers with it.
 
 use std::collections::VecDeque;
@@ -40,6 +41,28 @@ pub struct Launch {
     pub master_port: Option<u16>,
     /// How long stopped workers get between SIGTERM and SIGKILL.
     pub grace: Duration,
+}
+
+impl Launch {
+    /// The flags, checked before anything else happens.
+    pub fn check(&self) -> Result<()> {
+        if self.nproc_per_node == 0 {
+            return Err(user_msg("--nproc-per-node must be at least 1"));
+        }
+        if self.nnodes == 0 {
+            return Err(user_msg("--nnodes must be at least 1"));
+        }
+        if self.node_rank >= self.nnodes {
+            return Err(user_msg(format!("--node-rank {} must be below --nnodes {}", self.node_rank, self.nnodes)));
+        }
+        if self.master_addr.is_none() && self.nnodes > 1 {
+            return Err(user_msg("--master-addr is required with --nnodes above 1: the address of node 0"));
+        }
+        if self.master_port == Some(0) {
+            return Err(user_msg("--master-port must be a port number (1 to 65535)"));
+        }
+        Ok(())
+    }
 }
 
 /// How a worker ended.
@@ -81,6 +104,9 @@ pub enum Outcome {
     Failed { rank: usize, ended: Ended, last_lines: Vec<String> },
     /// The launcher got `signal` and passed it on to every worker.
     Interrupted { signal: i32 },
+    /// The launcher got `signal` while starting workers: `started` of `total`
+    /// were started, and stopped.
+    StoppedStarting { signal: i32, started: usize, total: usize },
 }
 
 impl Outcome {
@@ -91,7 +117,7 @@ impl Outcome {
             Outcome::Success => 0,
             Outcome::Failed { ended: Ended::Code(code), .. } => u8::try_from(*code).ok().filter(|c| *c != 0).unwrap_or(1),
             Outcome::Failed { .. } => 1,
-            Outcome::Interrupted { signal } => u8::try_from(128 + signal).unwrap_or(1),
+            Outcome::Interrupted { signal } | Outcome::StoppedStarting { signal, .. } => u8::try_from(128 + signal).unwrap_or(1),
         }
     }
 
@@ -113,6 +139,9 @@ impl Outcome {
             Outcome::Interrupted { signal } => {
                 format!("interrupted by {}: passed on to every worker, all stopped", signal_name(*signal))
             }
+            Outcome::StoppedStarting { signal, started, total } => {
+                format!("interrupted by {} while starting workers ({started} of {total} started): all stopped", signal_name(*signal))
+            }
         }
     }
 }
@@ -121,22 +150,12 @@ impl Outcome {
 /// variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
 /// MASTER_PORT) and watches them until all have ended.
 pub fn launch(plan: &Launch, program: &Path, args: &[OsString]) -> Result<Outcome> {
-    if plan.nproc_per_node == 0 {
-        return Err(user_msg("--nproc-per-node must be at least 1"));
-    }
-    if plan.nnodes == 0 {
-        return Err(user_msg("--nnodes must be at least 1"));
-    }
-    if plan.node_rank >= plan.nnodes {
-        return Err(user_msg(format!("--node-rank {} must be below --nnodes {}", plan.node_rank, plan.nnodes)));
-    }
+    plan.check()?;
     let master_addr = match (&plan.master_addr, plan.nnodes) {
         (Some(addr), _) => addr.clone(),
-        (None, 1) => DEFAULT_MASTER_ADDR.to_string(),
-        (None, _) => return Err(user_msg("--master-addr is required with --nnodes above 1: the address of node 0")),
+        _ => DEFAULT_MASTER_ADDR.to_string(),
     };
     let master_port = match (plan.master_port, plan.nnodes) {
-        (Some(0), _) => return Err(user_msg("--master-port must be a port number (1 to 65535)")),
         (Some(port), _) => port,
         (None, 1) => free_port()?,
         (None, _) => DEFAULT_MASTER_PORT,
@@ -151,8 +170,16 @@ pub fn launch(plan: &Launch, program: &Path, args: &[OsString]) -> Result<Outcom
             .with_context(|| format!("installing a {} handler", signal_name(sig)))?;
     }
 
+    tracing::info!("starting {} worker(s) of {world_size}", plan.nproc_per_node);
     let mut workers: Vec<Worker> = Vec::with_capacity(plan.nproc_per_node);
     for local_rank in 0..plan.nproc_per_node {
+        // A signal while starting: stop those started, start no more.
+        let sig = received.swap(0, Ordering::SeqCst) as i32;
+        if sig != 0 {
+            let started = workers.len();
+            stop(&mut workers, plan.grace);
+            return Ok(Outcome::StoppedStarting { signal: sig, started, total: plan.nproc_per_node });
+        }
         let rank = plan.node_rank * plan.nproc_per_node + local_rank;
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -376,6 +403,33 @@ pub fn signal_name(sig: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signal_while_starting_workers_stops_them_and_starts_no_more() {
+        // The first worker sends SIGTERM to the launcher (this test process)
+        // at once, long before a thousand are started.
+        let plan = Launch {
+            nproc_per_node: 1000,
+            nnodes: 1,
+            node_rank: 0,
+            master_addr: None,
+            master_port: Some(29999),
+            grace: Duration::from_secs(5),
+        };
+        let args: Vec<OsString> = ["-c", "[ \"$LOCAL_RANK\" = 0 ] && kill -TERM $PPID; exec sleep 60"].iter().map(OsString::from).collect();
+        let started = Instant::now();
+        let outcome = launch(&plan, Path::new("/bin/sh"), &args).unwrap();
+        match outcome {
+            Outcome::StoppedStarting { signal, started, total } => {
+                assert_eq!((signal, total), (libc::SIGTERM, 1000));
+                assert!(started < 1000, "{started}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(outcome.exit_code(), 143);
+        assert!(outcome.message().contains("while starting workers"), "{}", outcome.message());
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
 
     #[test]
     fn exit_codes_and_messages() {

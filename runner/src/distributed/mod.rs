@@ -7,8 +7,10 @@
 //!   [`threads_per_rank`];
 //! - [`c10d`]: [`ProcessGroup`], the [`Collective`] over libtorch's c10d
 //!   (`cpp/c10d.cpp`; NCCL from `librunner_nccl.so`, `cpp/nccl.cpp`);
-//! - [`launch`]: `runner launch`, one worker process per local rank.
+//! - [`launch`]: `runner launch`, one worker process per local rank;
+//! - [`agree`]: at start-up, every rank's recipe, corpus and code compared.
 
+pub mod agree;
 pub mod c10d;
 pub mod env;
 pub mod launch;

@@ -2,7 +2,8 @@
 //! writes anything: corpora are files or folders that hold something (not a
 //! FIFO, not empty), the results folder is a writable folder, a model folder
 //! has a `config.json` that parses, a `model.safetensors` whose header fits the
-//! file, and a tokenizer that loads and fits the model's vocabulary.
+//! file, and a tokenizer that loads and fits the model's vocabulary. A run's
+//! folder is never a checkpoint, a model folder or inside another run's.
 
 use std::path::{Path, PathBuf};
 
@@ -71,6 +72,9 @@ fn writable(dir: &Path) -> bool {
 /// process can write to; a missing one is created by the run, so its nearest
 /// existing parent must be.
 pub fn output_dir(p: &mut Problems, dir: &Path, run_dir: &Path, tensorboard: bool) {
+    if let Some(why) = foreign_run_dir(run_dir) {
+        return p.push("run.name", why);
+    }
     let events = run_dir.join("tensorboard");
     let mut folders = vec![("run.output_dir", dir), ("run.name", run_dir)];
     if tensorboard {
@@ -104,6 +108,53 @@ pub fn output_dir(p: &mut Problems, dir: &Path, run_dir: &Path, tensorboard: boo
             }
         }
     }
+}
+
+/// Files that make a folder a checkpoint or a model, never a run's results.
+const NOT_RUN_FILES: &[&str] = &["manifest.json", "state.json", "state.safetensors", "model.safetensors", "config.json"];
+
+/// Whether `dir` is a run folder: it has the run's `recipe.yaml` and results
+/// (a metrics table, a summary or checkpoints), and is no checkpoint. A
+/// folder that merely holds a recipe named `recipe.yaml` is not one.
+pub fn is_run_folder(dir: &Path) -> bool {
+    let results = ["metrics.csv", "summary.json", "checkpoints"].iter().any(|f| dir.join(f).exists());
+    dir.join("recipe.yaml").is_file() && results && !NOT_RUN_FILES.iter().any(|f| dir.join(f).exists())
+}
+
+/// Why a run may not use `run_dir` as its folder, if it may not: a checkpoint
+/// or model folder (a run would rewrite its `recipe.yaml`, and the checkpoint
+/// would no longer verify), or a folder inside another run's.
+pub fn foreign_run_dir(run_dir: &Path) -> Option<String> {
+    let up = |n: usize| {
+        let mut d = Some(run_dir);
+        for _ in 0..n {
+            d = d.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty());
+        }
+        d
+    };
+    let owner = up(1).filter(|d| is_run_folder(d)).or_else(|| up(2).filter(|d| is_run_folder(d)));
+    if let Some(found) = NOT_RUN_FILES.iter().find(|f| run_dir.join(f).exists()) {
+        return Some(match owner {
+            Some(run) => format!(
+                "{} is a checkpoint of the run {}, not a run folder; to continue that run pass its folder: runner resume {}",
+                run_dir.display(),
+                run.display(),
+                run.display()
+            ),
+            None => format!(
+                "{} holds {found}: it is a checkpoint or model folder, not a run folder; results go to another folder (run.output_dir/run.name)",
+                run_dir.display()
+            ),
+        });
+    }
+    owner.map(|run| {
+        format!(
+            "{} is inside the run folder {}; a run's folder is never inside another's (to continue that run: runner resume {})",
+            run_dir.display(),
+            run.display(),
+            run.display()
+        )
+    })
 }
 
 /// What a model folder's `config.json` says about sizes.

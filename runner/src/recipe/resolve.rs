@@ -212,6 +212,14 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
                 if let Err(e) = (c.component.check)(&m.options()) {
                     p.push(&format!("metrics[{i}].options"), format!("{e:#}"));
                 }
+                // A metric's `max_seq_len` option is tokens per sequence of its own
+                // text (a probe's): the model takes no more than its positions.
+                let own = m.options().get("max_seq_len").and_then(serde_yaml::Value::as_u64);
+                if let (Some(n), Some(positions)) = (own, limits.max_positions) {
+                    p.check(n as i64 <= positions && n <= i64::MAX as u64, &format!("metrics[{i}].options.max_seq_len"), || {
+                        format!("{n} is longer than the model's {positions} positions")
+                    });
+                }
             }
         }
     }

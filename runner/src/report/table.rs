@@ -101,10 +101,7 @@ pub fn collect(dir: &Path) -> Result<Runs> {
         };
         dirs.sort_by_key(|p| pos(p));
     }
-    let recipes: Vec<Option<Value>> = dirs
-        .iter()
-        .map(|d| std::fs::read_to_string(d.join("recipe.yaml")).ok().and_then(|s| serde_yaml::from_str(&s).ok()))
-        .collect();
+    let recipes: Vec<Option<Value>> = dirs.iter().map(|d| read_recipe(&d.join("recipe.yaml"))).collect();
     let keys: Vec<String> = match manifest.as_ref().and_then(|m| m["grid"].as_array()) {
         Some(grid) => grid.iter().filter_map(|a| a["key"].as_str().map(str::to_string)).collect(),
         None => differing_keys(&recipes),
@@ -121,6 +118,29 @@ pub fn collect(dir: &Path) -> Result<Runs> {
     Ok(Runs { keys, runs })
 }
 
+/// A run's `recipe.yaml` as a tree of keys; one that is not a recipe's
+/// sections (damaged, or not a recipe) is left out with a warning naming it,
+/// so its text never becomes a column.
+fn read_recipe(path: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // The sections of a recipe (`runner_recipe::raw::RawRecipe`); `run` is always written.
+    const SECTIONS: &[&str] = &["run", "data", "tokenizer", "masking", "model", "training", "eval", "metrics", "plugins"];
+    let is_recipe = |m: &serde_yaml::Mapping| {
+        m.get("run").is_some_and(Value::is_mapping) && m.keys().all(|k| k.as_str().is_some_and(|k| SECTIONS.contains(&k)))
+    };
+    match serde_yaml::from_str::<Value>(&text) {
+        Ok(Value::Mapping(m)) if is_recipe(&m) => Some(Value::Mapping(m)),
+        Ok(_) => {
+            tracing::warn!("{}: not a recipe (not a mapping of a recipe's sections); its run's recipe keys are left out", path.display());
+            None
+        }
+        Err(e) => {
+            tracing::warn!("{}: does not parse ({e}); its run's recipe keys are left out", path.display());
+            None
+        }
+    }
+}
+
 /// Reads `metrics.parquet`, falling back to `metrics.csv`.
 fn read_metrics(dir: &Path) -> Result<DataFrame> {
     let parquet = dir.join("metrics.parquet");
@@ -133,7 +153,12 @@ fn read_metrics(dir: &Path) -> Result<DataFrame> {
     CsvReadOptions::default()
         .try_into_reader_with_file_path(Some(csv.clone()))
         .and_then(|r| r.finish())
-        .map_err(|e| user_msg(format!("{}: cannot read the metrics table: {e}", csv.display())))
+        // polars' first line says what is wrong; what follows is advice about its own options.
+        .map_err(|e| {
+            let what = e.to_string();
+            let what = what.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("unreadable").to_string();
+            user_msg(format!("{}: cannot read the metrics table ({what}); it is not a table the runner wrote, or it was damaged", csv.display()))
+        })
 }
 
 /// The value at a dotted key path.
@@ -166,14 +191,16 @@ fn differing_keys(recipes: &[Option<Value>]) -> Vec<String> {
             }
         }
     }
-    if recipes.len() < 2 {
+    // Runs without a readable recipe say nothing about which keys differ.
+    let present: Vec<&Value> = recipes.iter().flatten().collect();
+    if present.len() < 2 {
         return Vec::new();
     }
     keys.into_iter()
         .filter(|k| k != "run.name" && k != "run.output_dir")
         .filter(|k| {
-            let first = recipes[0].as_ref().and_then(|r| lookup(r, k));
-            recipes.iter().any(|r| r.as_ref().and_then(|r| lookup(r, k)) != first)
+            let first = lookup(present[0], k);
+            present.iter().any(|r| lookup(r, k) != first)
         })
         .collect()
 }
@@ -351,8 +378,10 @@ mod tests {
     fn differing_keys_skip_the_run_name() {
         let a: Value = serde_yaml::from_str("run: {name: a, output_dir: x}\nm: {rate: 0.1, s: b}\nt: {lr: 1}").unwrap();
         let b: Value = serde_yaml::from_str("run: {name: b, output_dir: y}\nm: {rate: 0.3, s: b}\nt: {lr: 1}").unwrap();
-        assert_eq!(differing_keys(&[Some(a.clone()), Some(b)]), vec!["m.rate".to_string()]);
-        assert!(differing_keys(&[Some(a)]).is_empty());
+        assert_eq!(differing_keys(&[Some(a.clone()), Some(b.clone())]), vec!["m.rate".to_string()]);
+        // A run without a readable recipe makes no key differ.
+        assert_eq!(differing_keys(&[Some(a.clone()), None, Some(b)]), vec!["m.rate".to_string()]);
+        assert!(differing_keys(&[Some(a), None]).is_empty());
     }
 
     #[test]

@@ -82,6 +82,14 @@ pub fn plan(req: &Request, registry: &Registry) -> Result<Plan> {
             t.path.display()
         )));
     }
+    let most = runner_recipe::check::NAME_MAX;
+    if name.len() > most {
+        return Err(user_msg(format!(
+            "{}: sweep name is {} characters long; the file system takes at most {most} (give --name)",
+            t.path.display(),
+            name.len()
+        )));
+    }
     let points = grid::expand(&axes).map_err(|e| user_msg(format!("{}: {e:#}", t.path.display())))?;
     let mut runs = Vec::with_capacity(points.len());
     for point in points {

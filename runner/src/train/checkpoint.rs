@@ -160,6 +160,17 @@ pub fn newest_complete(run_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// The checkpoints that were completed (they have a manifest) but no longer
+/// verify, newest first, each with why: damage, not an interrupted write.
+pub fn damaged(run_dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    Ok(listed(&run_dir.join(DIR))?
+        .into_iter()
+        .rev()
+        .filter(|(_, d)| d.join(MANIFEST).is_file())
+        .filter_map(|(_, d)| verify(&d).err().map(|e| (d, format!("{e:#}"))))
+        .collect())
+}
+
 /// The saved state's values and the recipe of a checkpoint, without its tensors.
 pub fn read_state(dir: &Path) -> Result<(SavedState, String)> {
     let state = dir.join(STATE);

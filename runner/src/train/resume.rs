@@ -84,7 +84,7 @@ fn shown(key: &str, a: Option<&Value>, b: Option<&Value>) -> String {
 }
 
 /// Leaf values by dotted key; lists count as one value.
-fn flatten(yaml: &str) -> Result<BTreeMap<String, Value>> {
+pub(crate) fn flatten(yaml: &str) -> Result<BTreeMap<String, Value>> {
     fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
         match v {
             Value::Mapping(m) => {

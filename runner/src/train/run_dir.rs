@@ -2,7 +2,8 @@
 //! a second `runner run` of the same name is refused instead of replacing the
 //! first one's files; with `--overwrite`, earlier results are moved aside and
 //! deleted only once the new run has written its first checkpoint or finished
-//! (a new run that fails before that puts them back).
+//! (a new run that fails before that puts them back). The lock file goes with
+//! the run.
 
 use std::fs::File;
 use std::io::Write;
@@ -27,8 +28,8 @@ pub enum Start {
 /// The folder of a run, held by this process.
 pub struct RunDir {
     pub path: PathBuf,
-    /// The lock (`.NAME.lock` beside the folder); released when dropped.
-    _lock: Option<File>,
+    /// The lock (`.NAME.lock` beside the folder); removed and released when dropped.
+    lock: Option<(File, PathBuf)>,
     /// Earlier results moved aside by `--overwrite`, until they can go.
     aside: Option<PathBuf>,
 }
@@ -39,8 +40,9 @@ impl RunDir {
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|e| user_msg(format!("run.output_dir: cannot create {}: {e}", parent.display())))?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let lock = lock(&parent.join(format!(".{name}.lock")), path)?;
-        let mut dir = RunDir { path: path.to_path_buf(), _lock: Some(lock), aside: None };
+        let lock_path = parent.join(format!(".{name}.lock"));
+        let lock = lock(&lock_path, path)?;
+        let mut dir = RunDir { path: path.to_path_buf(), lock: Some((lock, lock_path)), aside: None };
         let has_results = ["summary.json", "metrics.csv", super::checkpoint::DIR].iter().any(|f| path.join(f).exists());
         match start {
             Start::New if has_results => {
@@ -58,7 +60,7 @@ impl RunDir {
 
     /// A folder this process only reads (the other processes of a data-parallel run).
     pub fn unlocked(path: &Path) -> RunDir {
-        RunDir { path: path.to_path_buf(), _lock: None, aside: None }
+        RunDir { path: path.to_path_buf(), lock: None, aside: None }
     }
 
     /// Moves the current contents aside, for a run that starts over.
@@ -101,6 +103,13 @@ impl Drop for RunDir {
             if let Err(e) = std::fs::rename(&aside, &self.path) {
                 tracing::warn!("the earlier results are in {} (cannot move them back: {e})", aside.display());
             }
+        }
+        // Removed while still held, then released: a run leaves no lock file behind.
+        // (Another process that opened it meanwhile fails to lock it and says
+        // the name is in use, as it would have a moment earlier.)
+        if let Some((file, path)) = self.lock.take() {
+            let _ = std::fs::remove_file(&path);
+            drop(file);
         }
     }
 }
@@ -157,5 +166,6 @@ mod tests {
         drop(dir);
         assert_eq!(std::fs::read_to_string(run.join("metrics.csv")).unwrap(), "new");
         assert!(!out.path().join(".r.replaced").exists());
+        assert!(!out.path().join(".r.lock").exists(), "no lock file left behind");
     }
 }

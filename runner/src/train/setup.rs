@@ -62,6 +62,12 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     let recipe_yaml = serde_yaml::to_string(&recipe.raw)?;
     let t = &recipe.raw.training;
     let global_batch = GlobalBatch { micro_batch: t.batch_size, grad_accum: t.grad_accum_steps as u64, processes: world.world_size as u64 };
+    // Every rank must train the same run: refused on all of them, naming the keys, if not.
+    let libraries: Vec<&Path> = registry.libraries().iter().map(PathBuf::as_path).collect();
+    if world.world_size > 1 {
+        let mine = distributed::agree::fingerprint(&recipe_yaml, &cache::key(recipe, &sources)?, &libraries)?;
+        distributed::agree::check(collective.as_ref(), device, &mine)?;
+    }
     let mut folder = if main { RunDir::open(&recipe.run_dir, start)? } else { RunDir::unlocked(&recipe.run_dir) };
     // The newest complete checkpoint to continue from (first process; the others get its state from it).
     let resume_from = match start {
@@ -161,7 +167,16 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     let steps_per_epoch = (batches.batches_per_epoch() as f64 / micro_per_step as f64).max(1.0);
     let total_steps = match recipe.length {
         TrainLength::Steps(s) => s,
-        TrainLength::Epochs(e) => ((e * steps_per_epoch).ceil() as u64).max(1),
+        TrainLength::Epochs(e) => {
+            let steps = (e * steps_per_epoch).ceil();
+            let max = runner_recipe::check::limits::MAX_STEPS;
+            if steps > max as f64 {
+                bail!(user_msg(format!(
+                    "training.epochs: {e} epochs of {steps_per_epoch} steps are {steps} steps, more than {max}; train fewer epochs"
+                )));
+            }
+            (steps as u64).max(1)
+        }
     };
     let warmup = match recipe.warmup {
         Warmup::Steps(s) => s.min(total_steps),
@@ -244,17 +259,30 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
 
 /// The checkpoint a resume continues from: the newest complete one. With none,
 /// the run starts over (what was in its folder is moved aside); a finished run
-/// with none is refused.
+/// with none, or one whose every completed checkpoint fails verification, is
+/// refused (starting over would replace what may be put back).
 fn resume_point(folder: &mut RunDir, raw: &crate::recipe::RawRecipe) -> Result<Option<PathBuf>> {
     let dir = &folder.path;
     if let Some(found) = checkpoint::newest_complete(dir)? {
         return Ok(Some(found));
     }
+    let again = format!("runner run {} --overwrite", dir.join("recipe.yaml").display());
+    let damaged = checkpoint::damaged(dir)?;
+    if !damaged.is_empty() {
+        let each: Vec<String> = damaged.iter().map(|(d, why)| format!("{}: {why}", d.display())).collect();
+        bail!(user_msg(format!(
+            "{}: no checkpoint to continue from: every completed one fails verification (changed or damaged since it was written):\n  {}\n\
+             put back an intact copy, or run it again from the start: {again}",
+            dir.display(),
+            each.join("\n  ")
+        )));
+    }
     let finished = std::fs::read_to_string(dir.join("summary.json")).is_ok_and(|t| serde_json::from_str::<serde_json::Value>(&t).is_ok());
     if finished {
         bail!(user_msg(format!(
-            "{}: the run has finished and has no checkpoint to continue from (training.checkpoint.every); pass --overwrite to run it again",
-            dir.display()
+            "{}: the run has finished and saved no checkpoint to continue from (training.checkpoint.every: {}); to run it again from the start: {again}",
+            dir.display(),
+            raw.training.checkpoint.every
         )));
     }
     if dir.join("metrics.csv").exists() {
