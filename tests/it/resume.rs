@@ -250,3 +250,31 @@ fn an_interrupted_sweep_run_continues_from_its_checkpoint() {
     assert!(stderr(&o).contains("resuming after step 8"), "{}", stderr(&o));
     assert_eq!(std::fs::read(run.join("checkpoint/model.safetensors")).unwrap(), before, "the continued run ends where the first one did");
 }
+
+/// A second signal stops the run at once and says so: no checkpoint is
+/// started, the newest complete one stays, and the exit code is 128 + signal.
+#[test]
+fn a_second_signal_stops_at_once_and_says_so() {
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let out = tempfile::tempdir().unwrap();
+        let run = out.path().join("r");
+        // bert-base's long steps, so the second signal lands while the first one's
+        // step still runs (two signals sent at once would merge into one).
+        let tokenizer = format!("tokenizer.path={}", tiny_bert().join("tokenizer.json").display());
+        let extra = ["training.max_steps=100000", "eval.every=0", "model.checkpoint=null", "model.options.preset=bert-base", &tokenizer];
+        let mut child = start(&args("run", out.path(), 0, &extra));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::read_to_string(run.join("metrics.csv")).map_or(0, |t| t.lines().count()) < 2 {
+            assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "the run ended before it was signalled");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        signal(child.id(), sig);
+        std::thread::sleep(Duration::from_millis(20));
+        signal(child.id(), sig);
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(128 + sig), "{err}");
+        assert!(err.contains(&format!("a second {name}: stopped at once")), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
