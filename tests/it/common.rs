@@ -203,3 +203,37 @@ pub fn assert_same_run(one: &Path, two: &Path, within: Within) {
     }
     assert_eq!(ta.len(), tb.len(), "the same number of metric rows");
 }
+
+/// A fixture's batch (`expected.safetensors`: input ids, attention mask, labels).
+pub fn batch(e: &std::collections::HashMap<String, Tensor>) -> runner_api::MlmBatch {
+    runner_api::MlmBatch {
+        input_ids: e["input_ids"].shallow_clone(),
+        attention_mask: e["attention_mask"].shallow_clone(),
+        labels: e["labels"].shallow_clone(),
+    }
+}
+
+/// Runs a fixture's AdamW steps (`fixture/training.json`) on its batch; returns
+/// the losses before each step and, last, the eval-mode loss after them.
+pub fn adamw_steps(model: &dyn runner_api::MlmModel, fixture: &Path, e: &std::collections::HashMap<String, Tensor>) -> Vec<f64> {
+    use runner::train::optimizer::{AdamW, AdamWConfig};
+    use runner_api::Mode;
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("training.json")).unwrap()).unwrap();
+    let g = |k: &str| cfg[k].as_f64().unwrap();
+    let mut opt = AdamW::new(
+        model.parameters().unwrap(),
+        AdamWConfig { beta1: cfg["betas"][0].as_f64().unwrap(), beta2: cfg["betas"][1].as_f64().unwrap(), eps: g("eps"), weight_decay: g("weight_decay") },
+    );
+    let b = batch(e);
+    let mut losses = Vec::new();
+    for _ in 0..cfg["steps"].as_u64().unwrap() {
+        opt.zero_grad();
+        let loss = model.forward_mlm(&b, Mode::Train { dropout_key: 1 }).unwrap().loss;
+        losses.push(loss.double_value(&[]));
+        loss.backward();
+        let _ = opt.clip_grad_norm(Some(g("max_grad_norm"))).unwrap();
+        opt.step(g("lr")).unwrap();
+    }
+    losses.push(tch::no_grad(|| model.forward_mlm(&b, Mode::Eval).unwrap().loss.double_value(&[])));
+    losses
+}

@@ -17,8 +17,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use runner::registry::Registry;
-use runner::train::optimizer::{AdamW, AdamWConfig};
-use runner_api::{MlmBatch, MlmModel, Mode, ModelSource};
+
+use crate::common::{adamw_steps, batch};
+use runner_api::{MlmModel, Mode, ModelSource};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
@@ -61,14 +62,6 @@ const ROBERTA: Family = Family { dir: "tiny-roberta", model: "roberta", class: "
 const XLM_ROBERTA: Family = Family { dir: "tiny-xlm-roberta", model: "roberta", class: "XLMRobertaForMaskedLM" };
 const DISTILBERT: Family = Family { dir: "tiny-distilbert", model: "distilbert", class: "DistilBertForMaskedLM" };
 
-fn batch(e: &HashMap<String, Tensor>) -> MlmBatch {
-    MlmBatch {
-        input_ids: e["input_ids"].shallow_clone(),
-        attention_mask: e["attention_mask"].shallow_clone(),
-        labels: e["labels"].shallow_clone(),
-    }
-}
-
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
@@ -88,33 +81,10 @@ fn logits_and_loss(f: &Family) {
     assert!((loss - want).abs() < TOL, "{}: loss {loss} vs transformers {want}", f.dir);
 }
 
-/// Runs the fixture's three AdamW steps; returns the losses before each step and after the last.
-fn three_steps(f: &Family, model: &dyn MlmModel, e: &HashMap<String, Tensor>) -> Vec<f64> {
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(f.path().join("training.json")).unwrap()).unwrap();
-    let g = |k: &str| cfg[k].as_f64().unwrap();
-    let mut opt = AdamW::new(
-        model.parameters().unwrap(),
-        AdamWConfig { beta1: cfg["betas"][0].as_f64().unwrap(), beta2: cfg["betas"][1].as_f64().unwrap(), eps: g("eps"), weight_decay: g("weight_decay") },
-    );
-    let b = batch(e);
-    let mut losses = Vec::new();
-    for _ in 0..cfg["steps"].as_u64().unwrap() {
-        opt.zero_grad();
-        let loss = model.forward_mlm(&b, Mode::Train { dropout_key: 1 }).unwrap().loss;
-        losses.push(loss.double_value(&[]));
-        loss.backward();
-        let _ = opt.clip_grad_norm(Some(g("max_grad_norm"))).unwrap();
-        opt.step(g("lr")).unwrap();
-    }
-    losses.push(tch::no_grad(|| model.forward_mlm(&b, Mode::Eval).unwrap().loss.double_value(&[])));
-    losses
-}
-
 fn three_adamw_steps(f: &Family) {
     let e = f.expected();
     let model = f.model();
-    let losses = three_steps(f, model.as_ref(), &e);
+    let losses = adamw_steps(model.as_ref(), &f.path(), &e);
     let want: Vec<f64> = Vec::try_from(&e["train_losses"]).unwrap();
     assert_eq!(losses.len(), want.len());
     for (i, (got, w)) in losses.iter().zip(&want).enumerate() {
@@ -140,7 +110,7 @@ fn three_adamw_steps(f: &Family) {
 fn export_loads_in_transformers(f: &Family) {
     let e = f.expected();
     let model = f.model();
-    three_steps(f, model.as_ref(), &e);
+    adamw_steps(model.as_ref(), &f.path(), &e);
     let ours = tch::no_grad(|| model.logits(&e["input_ids"], &e["attention_mask"]).unwrap());
     let out = tempfile::tempdir().unwrap();
     model.save_pretrained(out.path()).unwrap();

@@ -7,24 +7,16 @@ use std::collections::HashMap;
 
 use runner::autocast::Autocast;
 use runner::train::optimizer::{AdamW, AdamWConfig};
-use runner_api::{MlmBatch, MlmModel, Mode};
+use runner_api::{MlmModel, Mode};
 use runner_plugin_bert::{Bert, Mlm};
 use tch::{Device, Kind, Tensor};
 
-use crate::common::{column, read_csv, root, runner, stderr, tiny_bert};
+use crate::common::{adamw_steps, batch, column, read_csv, root, runner, stderr, tiny_bert};
 
 const TOL: f64 = 1e-4;
 
 fn expected() -> HashMap<String, Tensor> {
     Tensor::read_safetensors(tiny_bert().join("expected.safetensors")).unwrap().into_iter().collect()
-}
-
-fn batch(e: &HashMap<String, Tensor>) -> MlmBatch {
-    MlmBatch {
-        input_ids: e["input_ids"].shallow_clone(),
-        attention_mask: e["attention_mask"].shallow_clone(),
-        labels: e["labels"].shallow_clone(),
-    }
 }
 
 fn load() -> Mlm<Bert> {
@@ -33,30 +25,6 @@ fn load() -> Mlm<Bert> {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
-}
-
-/// Runs the fixture's three AdamW steps; returns the losses before each step and after the last.
-fn three_steps(model: &Mlm<Bert>, e: &HashMap<String, Tensor>) -> Vec<f64> {
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny_bert().join("training.json")).unwrap()).unwrap();
-    let f = |k: &str| cfg[k].as_f64().unwrap();
-    let mut opt = AdamW::new(
-        model.parameters().unwrap(),
-        AdamWConfig { beta1: cfg["betas"][0].as_f64().unwrap(), beta2: cfg["betas"][1].as_f64().unwrap(), eps: f("eps"), weight_decay: f("weight_decay") },
-    );
-    let b = batch(e);
-    let mut losses = Vec::new();
-    for _ in 0..cfg["steps"].as_u64().unwrap() {
-        opt.zero_grad();
-        let loss = model.forward_mlm(&b, Mode::Train { dropout_key: 1 }).unwrap().loss;
-        losses.push(loss.double_value(&[]));
-        loss.backward();
-        let _ = opt.clip_grad_norm(Some(f("max_grad_norm"))).unwrap();
-        opt.step(f("lr")).unwrap();
-    }
-    let last = tch::no_grad(|| model.forward_mlm(&b, Mode::Eval).unwrap().loss.double_value(&[]));
-    losses.push(last);
-    losses
 }
 
 #[test]
@@ -75,7 +43,7 @@ fn logits_and_loss_match_transformers() {
 #[test]
 fn three_adamw_steps_match_transformers() {
     let e = expected();
-    let losses = three_steps(&load(), &e);
+    let losses = adamw_steps(&load(), &tiny_bert(), &e);
     let want: Vec<f64> = Vec::try_from(&e["train_losses"]).unwrap();
     assert_eq!(losses.len(), want.len());
     for (i, (got, want)) in losses.iter().zip(&want).enumerate() {
@@ -88,7 +56,7 @@ fn three_adamw_steps_match_transformers() {
 fn exported_checkpoint_loads_in_transformers_with_the_same_loss() {
     let e = expected();
     let model = load();
-    let ours = *three_steps(&model, &e).last().unwrap();
+    let ours = *adamw_steps(&model, &tiny_bert(), &e).last().unwrap();
     let out = tempfile::tempdir().unwrap();
     model.save_pretrained(out.path()).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json", "vocab.txt"] {
