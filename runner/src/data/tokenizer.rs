@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde_json::Value;
+use tokenizers::models::ModelWrapper;
 use tokenizers::Tokenizer;
 
 use runner_api::{SpecialIds, Tokenize, VocabInfo, WordMarks};
@@ -50,7 +51,7 @@ const UNK: Role = Role { what: "unknown", keys: &["unk_token"], known: &["[UNK]"
 /// RoBERTa families give it. A tokenizer without a mask, padding, start or end
 /// token cannot frame or mask examples and is refused with the key to set.
 pub fn vocab_info(tok: &Tokenizer, path: &Path) -> Result<VocabInfo> {
-    let json: Value = serde_json::from_str(&tok.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?)?;
+    let json = structure(tok)?;
     let named = named_special_tokens(path)?;
     let template = template_ends(&json);
     let find = |role: &Role, from_template: Option<&String>| -> Result<Option<i64>> {
@@ -95,6 +96,23 @@ pub fn vocab_info(tok: &Tokenizer, path: &Path) -> Result<VocabInfo> {
         }
     }
     Ok(VocabInfo::new(tokens, special, &also, word_marks(&json)))
+}
+
+/// The parts of `tokenizer.json` this module reads (model type and WordPiece
+/// prefix, pre-tokenizer, post-processor), without serialising the vocabulary
+/// of a model that has no prefix to read (a 250k-token Unigram).
+fn structure(tok: &Tokenizer) -> Result<Value> {
+    let model = match tok.get_model() {
+        ModelWrapper::WordPiece(wp) => serde_json::to_value(wp)?,
+        ModelWrapper::BPE(_) => serde_json::json!({"type": "BPE"}),
+        ModelWrapper::Unigram(_) => serde_json::json!({"type": "Unigram"}),
+        ModelWrapper::WordLevel(_) => serde_json::json!({"type": "WordLevel"}),
+    };
+    Ok(serde_json::json!({
+        "model": model,
+        "pre_tokenizer": serde_json::to_value(tok.get_pre_tokenizer())?,
+        "post_processor": serde_json::to_value(tok.get_post_processor())?,
+    }))
 }
 
 /// The special-token names in the files beside `tokenizer`, each file with its
