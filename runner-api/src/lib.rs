@@ -225,6 +225,11 @@ pub struct MlmBatch {
     pub attention_mask: tch::Tensor,
     /// (B, T) int64, `IGNORE_INDEX` where no prediction is scored
     pub labels: tch::Tensor,
+    /// (B, T) int64 with `data.document_attention`: the number (from 0) of
+    /// the document each token belongs to within its row, -1 at padding.
+    /// Attention stays within a document and positions restart at each one.
+    /// `None`: every row is one sequence.
+    pub documents: Option<tch::Tensor>,
 }
 
 /// The model's predictions at the labelled positions only.
@@ -258,6 +263,8 @@ pub struct ModelInfo {
     pub max_positions: i64,
     /// Number of trainable parameter elements.
     pub num_parameters: i64,
+    /// Whether the model reads `MlmBatch::documents` (`data.document_attention`).
+    pub document_attention: bool,
 }
 
 /// How a forward pass runs.

@@ -156,7 +156,7 @@ mod tests {
             Ok(())
         }
         fn info(&self) -> Result<ModelInfo> {
-            Ok(ModelInfo { device: Device::Cpu, vocab_size: 1, max_positions: 1, num_parameters: 0 })
+            Ok(ModelInfo { device: Device::Cpu, vocab_size: 1, max_positions: 1, num_parameters: 0, document_attention: false })
         }
         fn hidden_states(&self, ids: &Tensor, _: &Tensor) -> Result<Tensor> {
             Ok(ids.shallow_clone())
@@ -210,7 +210,7 @@ mod tests {
 
     fn batch() -> MlmBatch {
         let t = || Tensor::zeros([1, 1], (Kind::Int64, Device::Cpu));
-        MlmBatch { input_ids: t(), attention_mask: t(), labels: t() }
+        MlmBatch { input_ids: t(), attention_mask: t(), labels: t(), documents: None }
     }
 
     /// Calls every method of the model contract through a wrapper; every one

@@ -210,6 +210,7 @@ pub fn batch(e: &std::collections::HashMap<String, Tensor>) -> runner_api::MlmBa
         input_ids: e["input_ids"].shallow_clone(),
         attention_mask: e["attention_mask"].shallow_clone(),
         labels: e["labels"].shallow_clone(),
+        documents: e.get("documents").map(Tensor::shallow_clone),
     }
 }
 

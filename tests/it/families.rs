@@ -24,50 +24,51 @@ use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// One fixture: its folder under tests/fixtures, the model component that
 /// reads it, and the class transformers loads the export as.
-struct Family {
-    dir: &'static str,
-    model: &'static str,
-    class: &'static str,
+pub(crate) struct Family {
+    pub dir: &'static str,
+    pub model: &'static str,
+    pub class: &'static str,
 }
 
 impl Family {
-    fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         root().join("tests/fixtures").join(self.dir)
     }
 
-    fn model(&self) -> Box<dyn MlmModel> {
+    pub(crate) fn model(&self) -> Box<dyn MlmModel> {
         let dir = self.path();
         let options = serde_yaml::Mapping::new();
         let source = ModelSource { checkpoint: Some(&dir), options: &options, device: Device::Cpu, compute: Kind::Float };
         runner::components::model(&plugins(), self.model, &source).unwrap()
     }
 
-    fn expected(&self) -> HashMap<String, Tensor> {
+    pub(crate) fn expected(&self) -> HashMap<String, Tensor> {
         Tensor::read_safetensors(self.path().join("expected.safetensors")).unwrap().into_iter().collect()
     }
 }
 
 /// The plugins beside this test binary (target/*/deps), loaded as the runner loads its own.
-fn plugins() -> Registry {
+pub(crate) fn plugins() -> Registry {
     Registry::discover(&[]).unwrap()
 }
 
-const ROBERTA: Family = Family { dir: "tiny-roberta", model: "roberta", class: "RobertaForMaskedLM" };
+pub(crate) const ROBERTA: Family = Family { dir: "tiny-roberta", model: "roberta", class: "RobertaForMaskedLM" };
 const XLM_ROBERTA: Family = Family { dir: "tiny-xlm-roberta", model: "roberta", class: "XLMRobertaForMaskedLM" };
 const DISTILBERT: Family = Family { dir: "tiny-distilbert", model: "distilbert", class: "DistilBertForMaskedLM" };
+pub(crate) const MODERNBERT: Family = Family { dir: "tiny-modernbert", model: "modernbert", class: "ModernBertForMaskedLM" };
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
 }
 
-fn logits_and_loss(f: &Family) {
+pub(crate) fn logits_and_loss(f: &Family) {
     let e = f.expected();
     let model = f.model();
     let logits = tch::no_grad(|| model.logits(&e["input_ids"], &e["attention_mask"]).unwrap());
@@ -81,7 +82,7 @@ fn logits_and_loss(f: &Family) {
     assert!((loss - want).abs() < TOL, "{}: loss {loss} vs transformers {want}", f.dir);
 }
 
-fn three_adamw_steps(f: &Family) {
+pub(crate) fn three_adamw_steps(f: &Family) {
     let e = f.expected();
     let model = f.model();
     let losses = adamw_steps(model.as_ref(), &f.path(), &e);
@@ -107,7 +108,7 @@ fn three_adamw_steps(f: &Family) {
     assert!(worst < TOL, "{}: parameters differ from transformers' by {worst} in {at}", f.dir);
 }
 
-fn export_loads_in_transformers(f: &Family) {
+pub(crate) fn export_loads_in_transformers(f: &Family) {
     let e = f.expected();
     let model = f.model();
     adamw_steps(model.as_ref(), &f.path(), &e);
@@ -226,6 +227,7 @@ fn the_checkpoint_model_type_chooses_the_model_component() {
         ("tiny-roberta", "roberta"),
         ("tiny-xlm-roberta", "roberta"),
         ("tiny-distilbert", "distilbert"),
+        ("tiny-modernbert", "modernbert"),
     ] {
         let recipe = resolve(&checkpoint(&root().join("tests/fixtures").join(dir))).unwrap();
         assert_eq!(recipe.raw.model.name.as_deref(), Some(want), "{dir}");
@@ -279,6 +281,7 @@ fn special_tokens_come_from_the_tokenizer_files() {
         ("tiny-distilbert", ["[MASK]", "[PAD]", "[CLS]", "[SEP]"]),
         ("tiny-roberta", ["<mask>", "<pad>", "<s>", "</s>"]),
         ("tiny-xlm-roberta", ["<mask>", "<pad>", "<s>", "</s>"]),
+        ("tiny-modernbert", ["[MASK]", "[PAD]", "[CLS]", "[SEP]"]),
     ] {
         let (_, v) = vocab(dir);
         let name = |id: i64| v.tokens[id as usize].as_str();
@@ -364,7 +367,7 @@ fn special_tokens_are_never_masked_in_any_family() {
     let corpus = std::fs::read_to_string(root().join("tests/fixtures/toy-corpus.txt")).unwrap();
     let registry = plugins();
     let rates = runner_api::MaskingRates { rate: 0.3, mask_token: 0.8, random_token: 0.1 };
-    for dir in ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert"] {
+    for dir in ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert", "tiny-modernbert"] {
         let (tok, v) = vocab(dir);
         // Each line framed the family's way, with an unknown character in some.
         let sequences: Vec<Vec<i64>> = corpus
@@ -413,7 +416,7 @@ fn special_tokens_are_never_masked_in_any_family() {
 #[test]
 fn fill_mask_matches_the_transformers_pipeline_in_every_family() {
     let registry = plugins();
-    for f in [&ROBERTA, &XLM_ROBERTA, &DISTILBERT] {
+    for f in [&ROBERTA, &XLM_ROBERTA, &DISTILBERT, &MODERNBERT] {
         let spec: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(f.path().join("fill_mask.json")).unwrap()).unwrap();
         let k = spec["top_k"].as_u64().unwrap() as usize;

@@ -1,7 +1,7 @@
 //! The layers of a post-LayerNorm Transformer encoder (BERT, RoBERTa,
 //! DistilBERT), read bottom-up: linear and LayerNorm, attention, one encoder
-//! layer, the stack of layers, the MLM head, and the masked-LM pass every
-//! model shares ([`MaskedLm`]).
+//! layer, the stack of layers, the MLM head, and the encoder passes these
+//! families share ([`MaskedLm`]).
 //!
 //! Each family names its tensors its own way; the layers take those names
 //! ([`LayerNames`], [`HeadNames`]) so that variables sit under exactly the
@@ -21,7 +21,7 @@ use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
 use crate::dropout::MaskRng;
-use runner_api::{Mode, IGNORE_INDEX};
+use runner_api::Mode;
 
 /// Optimizer group of biases and LayerNorm weights (no weight decay); every
 /// other parameter stays in the var store's default group 0 and takes decay.
@@ -63,19 +63,24 @@ pub fn masks_of(mode: Mode) -> MaskRng {
 /// `torch.nn.Linear`, initialised as transformers does (normal weights, zero bias).
 #[derive(Debug)]
 pub struct Linear {
-    pub weight: Tensor, // (out, in)
-    pub bias: Tensor,   // (out,)
+    pub weight: Tensor,       // (out, in)
+    pub bias: Option<Tensor>, // (out,)
 }
 
 impl Linear {
     pub fn new(p: nn::Path, in_dim: i64, out_dim: i64, std: f64) -> Self {
-        let weight = p.var("weight", &[out_dim, in_dim], normal(std));
-        let bias = p.set_group(NO_DECAY).var("bias", &[out_dim], Init::Const(0.0));
+        Self::with_bias(p, in_dim, out_dim, normal(std), true)
+    }
+
+    /// A linear layer whose weight starts from `init`, with or without a bias.
+    pub fn with_bias(p: nn::Path, in_dim: i64, out_dim: i64, init: Init, bias: bool) -> Self {
+        let weight = p.var("weight", &[out_dim, in_dim], init);
+        let bias = bias.then(|| p.set_group(NO_DECAY).var("bias", &[out_dim], Init::Const(0.0)));
         Linear { weight, bias }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias))
+        x.linear(&self.weight, self.bias.as_ref())
     }
 }
 
@@ -83,16 +88,21 @@ impl Linear {
 #[derive(Debug)]
 pub struct LayerNorm {
     pub weight: Tensor,
-    pub bias: Tensor,
+    pub bias: Option<Tensor>,
     eps: f64,
 }
 
 impl LayerNorm {
     pub fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+        Self::with_bias(p, dim, eps, true)
+    }
+
+    /// A LayerNorm with or without its bias (`bias=False` in torch).
+    pub fn with_bias(p: nn::Path, dim: i64, eps: f64, bias: bool) -> Self {
         let p = p.set_group(NO_DECAY);
         LayerNorm {
             weight: p.var("weight", &[dim], Init::Const(1.0)),
-            bias: p.var("bias", &[dim], Init::Const(0.0)),
+            bias: bias.then(|| p.var("bias", &[dim], Init::Const(0.0))),
             eps,
         }
     }
@@ -100,7 +110,7 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = self.weight.size()[0];
         // In float32 even where autocast hands it a bf16 input.
-        x.to_kind(Kind::Float).layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.to_kind(Kind::Float).layer_norm([dim], Some(&self.weight), self.bias.as_ref(), self.eps, true)
     }
 }
 
@@ -265,8 +275,8 @@ impl EncoderLayer {
         // One (H -> 3H) matmul instead of three, with the input cast once.
         let (q, k, v) = (&self.query, &self.key, &self.value);
         let weight = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0);
-        let bias = Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0);
-        let qkv = x.linear(&weight, Some(&bias)) // (B, T, 3H)
+        let bias = [&q.bias, &k.bias, &v.bias].map(|b| b.as_ref().expect("BERT's projections have biases"));
+        let qkv = x.linear(&weight, Some(&Tensor::cat(&bias, 0))) // (B, T, 3H)
             .view([b, t, 3, self.num_heads, self.head_dim])
             .permute([2, 0, 3, 1, 4]); // (3, B, nh, T, hd)
         let y = attention(&qkv.get(0), &qkv.get(1), &qkv.get(2), mask, self.attention_dropout, pass); // (B, nh, T, hd)
@@ -348,8 +358,9 @@ impl Encoder {
     }
 }
 
-/// A masked LM built of embeddings, an [`Encoder`] and an [`LmHead`]: the
-/// passes every family shares.
+/// A masked LM built of embeddings, an [`Encoder`] and an [`LmHead`] (BERT,
+/// RoBERTa, DistilBERT): the passes they share. Every such model is a
+/// [`crate::model::Network`].
 pub trait MaskedLm {
     /// The embeddings' output (B, T, H), dropout included.
     fn embed(&self, input_ids: &Tensor, pass: Pass) -> Tensor;
@@ -379,39 +390,6 @@ pub trait MaskedLm {
             x = layer.forward(&x, &mask, pass);
         }
         last.forward_at(&x, &mask, at, pass)
-    }
-
-    /// Logits at every position (B, T, V).
-    fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor, mode: Mode) -> Tensor {
-        let h = self.encode(input_ids, attention_mask, mode);
-        self.head().forward(&h, self.word_embeddings())
-    }
-
-    /// Sparse prediction: the head runs only where `labels != IGNORE_INDEX`.
-    /// Returns (loss, logits (N, V), labels (N,)).
-    fn masked_lm(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        labels: &Tensor,
-        mode: Mode,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let labels = labels.f_reshape([-1])?; // (B*T,)
-        // A read back to the host, kept: the sparse head's row count N is a
-        // shape, so the host must know it. It is the pass's first op, so a GPU
-        // waits only for the copies of this batch and the end of the previous
-        // step, not for any of this pass's work.
-        let at = labels.f_ne(IGNORE_INDEX)?.f_nonzero()?.f_squeeze_dim(1)?; // (N,)
-        let picked = self.encode_at(input_ids, attention_mask, &at, mode); // (N, H)
-        let labels = labels.f_index_select(0, &at)?; // (N,)
-        let logits = self.head().forward(&picked, self.word_embeddings()); // (N, V)
-        let loss = if at.numel() == 0 {
-            // No labelled token in this batch: a zero that still belongs to the graph.
-            logits.sum(Kind::Float) * 0.0
-        } else {
-            logits.f_cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, IGNORE_INDEX, 0.0)?
-        };
-        Ok((loss, logits, labels))
     }
 }
 

@@ -143,7 +143,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 
 fn batch_of(e: &HashMap<String, Tensor>, device: Device) -> Result<MlmBatch> {
     let get = |k: &str| e.get(k).map(|t| t.to_device(device)).ok_or_else(|| user_msg(format!("the fixture has no `{k}` tensor")));
-    Ok(MlmBatch { input_ids: get("input_ids")?, attention_mask: get("attention_mask")?, labels: get("labels")? })
+    Ok(MlmBatch { input_ids: get("input_ids")?, attention_mask: get("attention_mask")?, labels: get("labels")?, documents: None })
 }
 
 fn optimizer(model: &dyn MlmModel, cfg: &serde_json::Value) -> Result<AdamW> {

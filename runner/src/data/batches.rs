@@ -23,6 +23,9 @@ pub struct Batch {
     pub input_ids: Vec<i64>,
     pub attention_mask: Vec<i64>,
     pub labels: Vec<i64>,
+    /// Each token's document within its row (-1 at padding), when attention
+    /// keeps to documents (`data.document_attention`).
+    pub documents: Option<Vec<i64>>,
     pub rows: usize,
     pub cols: usize,
     /// Real (non-padding) tokens.
@@ -38,6 +41,7 @@ impl Batch {
             input_ids: vec![pad_id; rows * cols],
             attention_mask: vec![0; rows * cols],
             labels: vec![IGNORE_INDEX; rows * cols],
+            documents: None,
             rows,
             cols,
             tokens: 0,
@@ -67,7 +71,12 @@ impl Batch {
                 _ => host.to_device(device),
             }
         };
-        MlmBatch { input_ids: t(&self.input_ids), attention_mask: t(&self.attention_mask), labels: t(&self.labels) }
+        MlmBatch {
+            input_ids: t(&self.input_ids),
+            attention_mask: t(&self.attention_mask),
+            labels: t(&self.labels),
+            documents: self.documents.as_deref().map(t),
+        }
     }
 
     /// Number of labelled positions.
