@@ -80,6 +80,8 @@ impl Hook for GuardHook {
 }
 
 pub type Check = Arc<dyn Fn(&Options) -> Result<()> + Send + Sync>;
+/// A model's check of its options against a local checkpoint folder.
+pub type CheckpointCheck = Arc<dyn Fn(&Options, &std::path::Path) -> Result<()> + Send + Sync>;
 pub use crate::builder::Builder;
 
 /// A component as the registry keeps it: its docs, and guarded calls.
@@ -95,6 +97,9 @@ pub struct Registered {
     /// For a model: the `config.json` `model_type`s it reads (see
     /// [`crate::Registrar::reads_model_types`]).
     pub model_types: Vec<&'static str>,
+    /// For a model: its check of options against a checkpoint's `config.json`
+    /// (see [`crate::Registrar::checks_checkpoint`]).
+    pub checkpoint_check: Option<CheckpointCheck>,
 }
 
 impl std::fmt::Debug for Registered {
@@ -111,7 +116,15 @@ impl Registered {
         let w = who.clone();
         let check: Check = Arc::new(move |o: &Options| guard(&w, "check", || check_fn(o)));
         let builder = c.factory.guarded(who.clone());
-        Registered { plugin: who.plugin, kind: who.kind, name: c.name, doc: c.doc, params: c.params, check, builder, model_types: vec![] }
+        Registered { plugin: who.plugin, kind: who.kind, name: c.name, doc: c.doc, params: c.params, check, builder, model_types: vec![], checkpoint_check: None }
+    }
+}
+
+impl Registered {
+    /// Guards a model's checkpoint check as its other calls are guarded.
+    pub fn set_checkpoint_check(&mut self, check: fn(&Options, &std::path::Path) -> Result<()>) {
+        let w = Who { plugin: self.plugin.clone(), kind: self.kind, name: self.name };
+        self.checkpoint_check = Some(Arc::new(move |o: &Options, dir: &std::path::Path| guard(&w, "check", || check(o, dir))));
     }
 }
 

@@ -528,4 +528,15 @@ impl Registrar {
             None => panic!("reads_model_types: no model `{name}` was added before"),
         }
     }
+
+    /// Gives the model `name` (added before) a check of its options against
+    /// a local checkpoint's files, which `runner validate` runs: a window or a
+    /// size that only the checkpoint's `config.json` makes wrong is found
+    /// before a run starts.
+    pub fn checks_checkpoint(&mut self, name: &str, check: fn(&Options, &Path) -> Result<()>) {
+        match self.components.iter_mut().find(|c| c.kind == ComponentKind::Model && c.name == name) {
+            Some(c) => c.set_checkpoint_check(check),
+            None => panic!("checks_checkpoint: no model `{name}` was added before"),
+        }
+    }
 }

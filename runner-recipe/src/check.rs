@@ -152,6 +152,11 @@ pub fn values(raw: &RawRecipe, p: &mut Problems) -> Checked {
     if let Some(n) = d.max_train_documents {
         p.check(n > 0, "data.max_train_documents", || "must be positive".into());
     }
+    p.check(!(d.document_attention && d.group_by_length), "data.document_attention", || {
+        "packs whole lines into full rows, so there is no padding for data.group_by_length to save: \
+         leave one of them out"
+            .into()
+    });
 
     // masking
     let mk = &raw.masking;

@@ -145,6 +145,11 @@ pub struct DataSection {
     /// `group_by_length`), so line-by-line batches carry little padding.
     #[serde(default)]
     pub group_by_length: bool,
+    /// Keep attention within each document (packed) or line (line by line) of
+    /// a row, positions counting from 0 in each: rows hold several, with no
+    /// padding between them (see `data/examples.rs`). The model must support it.
+    #[serde(default)]
+    pub document_attention: bool,
 }
 
 /// `tokenizer:` the WordPiece tokenizer.

@@ -298,6 +298,7 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
     let ckpt = |p: &str| format!("model.checkpoint={p}");
     let tokenizer = |p: &str| format!("tokenizer.path={p}/tokenizer.json");
     let plugin = |p: &str| format!("plugins=[{p}]");
+    let modernbert = root().join("tests/fixtures/tiny-modernbert").display().to_string();
     let cache_dir = w.join("cache");
     // A finished run with one checkpoint (keep: 1), for the rows that point into it.
     let done = runs(
@@ -405,6 +406,13 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         row("JSONL corpus with a byte-order mark", &["data", "prepare", &tiny, "--set", "data.dataset=jsonl", "--set", &train(&ws("corpus-bom.jsonl"))], "")
             .code(0)
             .leaves(Leaves::Stores),
+        // ModernBERT's layout and document attention.
+        set("window wider than the context", &[&ckpt(&modernbert), "model.options.config.local_attention=128"], "model.options: local_attention (128) is larger than the context, max_position_embeddings (64)"),
+        set("no global layer", &[&ckpt(&modernbert), "model.options.config.global_attn_every_n_layers=0"], "model.options: global_attn_every_n_layers must be at least 1"),
+        set("window of an odd size", &[&ckpt(&modernbert), "model.options.config.local_attention=7"], "model.options: local_attention must be an even window"),
+        set("document attention with grouping by length", &["data.document_attention=true", "data.examples=line_by_line", "data.group_by_length=true"], "data.document_attention: packs whole lines into full rows"),
+        row("document attention on a model without it", &["run", &tiny, "--set", "run.name=documents", "--set", "data.document_attention=true"], "data.document_attention: the `bert` model does not keep attention within documents")
+            .leaves(Leaves::RunRecipe),
         // Reports.
         row("report of a damaged metrics table", &["report", &ws("reports/bad-csv")], "bad-csv/metrics.csv: cannot read the metrics table"),
         // --set itself.

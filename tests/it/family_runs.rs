@@ -33,6 +33,8 @@ const XLM_ROBERTA: Family = Family {
 };
 const DISTILBERT: Family =
     Family { fixture: "tiny-distilbert", dropout: ["dropout", "attention_dropout"], class: "DistilBertForMaskedLM", mask: "[MASK]" };
+const MODERNBERT: Family =
+    Family { fixture: "tiny-modernbert", dropout: ["attention_dropout", "mlp_dropout"], class: "ModernBertForMaskedLM", mask: "[MASK]" };
 
 /// `runner COMMAND` on the tiny recipe for `f`, results in `out/name`.
 fn run(command: &[&str], f: &Family, out: &Path, name: &str, extra: &[String]) -> PathBuf {
@@ -64,8 +66,14 @@ fn last(df: &polars::prelude::DataFrame, col: &str) -> f64 {
 
 /// Trains, resumes from the middle checkpoint, and trains in fp16.
 fn trains_resumes_and_exports(f: &Family) {
+    trains_resumes_and_exports_with(f, &[]);
+}
+
+/// [`trains_resumes_and_exports`] with more `--set`s on every run.
+fn trains_resumes_and_exports_with(f: &Family, extra: &[&str]) {
     let out = tempfile::tempdir().unwrap();
-    let steps = ["training.max_steps=20".to_string(), "eval.every=10".into(), "training.checkpoint.every=10".into()];
+    let mut steps = vec!["training.max_steps=20".to_string(), "eval.every=10".into(), "training.checkpoint.every=10".into()];
+    steps.extend(extra.iter().map(|s| s.to_string()));
     let whole = run(&["run"], f, out.path(), "whole", &steps);
     let df = read_csv(&whole.join("metrics.csv"));
     for col in ["train_loss", "eval_loss", "perplexity", "pseudo_perplexity", "probe_accuracy"] {
@@ -82,7 +90,9 @@ fn trains_resumes_and_exports(f: &Family) {
     assert!(stderr(&o).contains("resuming after step 10"), "{}: {}", f.fixture, stderr(&o));
     assert_same_run(&whole, &resumed, EXACT);
 
-    let fp16 = run(&["run"], f, out.path(), "fp16", &[steps[..2].to_vec(), vec!["training.precision=fp16".into()]].concat());
+    let mut fp16 = steps.clone();
+    fp16.extend(["training.checkpoint.every=0".to_string(), "training.precision=fp16".into()]);
+    let fp16 = run(&["run"], f, out.path(), "fp16", &fp16);
     let (a, b) = (last(&df, "eval_loss"), last(&read_csv(&fp16.join("metrics.csv")), "eval_loss"));
     assert!((a - b).abs() < 0.02 * a, "{}: fp16 eval loss {b} vs fp32 {a}", f.fixture);
 
@@ -116,6 +126,19 @@ fn distilbert_trains_resumes_and_exports() {
     trains_resumes_and_exports(&DISTILBERT);
 }
 
+#[test]
+fn modernbert_trains_resumes_and_exports() {
+    trains_resumes_and_exports(&MODERNBERT);
+}
+
+/// Document attention, packed and line by line: trains, resumes bit for bit,
+/// exports. Line by line, rows hold several whole lines and less padding.
+#[test]
+fn modernbert_with_document_attention_trains_and_resumes() {
+    trains_resumes_and_exports_with(&MODERNBERT, &["data.document_attention=true"]);
+    trains_resumes_and_exports_with(&MODERNBERT, &["data.document_attention=true", "data.examples=line_by_line"]);
+}
+
 /// Two Gloo workers with micro-batch 8 end as one process with two accumulation steps.
 #[test]
 fn two_roberta_workers_match_one_process_with_accumulation() {
@@ -132,7 +155,7 @@ fn two_roberta_workers_match_one_process_with_accumulation() {
 fn a_sweep_over_families_runs_and_reports() {
     let out = tempfile::tempdir().unwrap();
     let template = out.path().join("families.yaml.j2");
-    let fixtures = ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert"];
+    let fixtures = ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert", "tiny-modernbert"];
     let grid: Vec<String> = fixtures.iter().map(|f| root().join("tests/fixtures").join(f).display().to_string()).collect();
     std::fs::write(
         &template,
@@ -154,7 +177,7 @@ fn a_sweep_over_families_runs_and_reports() {
     let o = runner(&["report", sweep.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report = read_csv(&sweep.join("report.csv"));
-    assert_eq!(report.height(), 4, "one row per family:\n{report}");
+    assert_eq!(report.height(), fixtures.len(), "one row per family:\n{report}");
     let runs: Vec<String> = report.column("run").unwrap().str().unwrap().into_iter().map(|s| s.unwrap().to_string()).collect();
     for f in fixtures {
         assert!(runs.iter().any(|r| r.contains(f)), "{f} in {runs:?}");

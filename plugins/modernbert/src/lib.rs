@@ -104,6 +104,14 @@ fn check_options(options: &runner_api::Options) -> Result<()> {
     base.with_overrides(&opts.config).map(|_| ())
 }
 
+/// The options against a checkpoint's `config.json`: overrides that only
+/// that config makes wrong (a window wider than its context) are found too.
+fn check_checkpoint(options: &runner_api::Options, dir: &Path) -> Result<()> {
+    let opts: ModernBertOptions = parse_options(options)?;
+    let (config, _) = ModernBertConfig::from_file(&dir.join("config.json"))?;
+    config.with_overrides(&opts.config).map(|_| ())
+}
+
 fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
     let opts: ModernBertOptions = parse_options(source.options)?;
     let modernbert = match (source.checkpoint, &opts.preset) {
@@ -142,6 +150,7 @@ pub fn register(r: &mut Registrar) {
         factory: Factory::Model(build),
     });
     r.reads_model_types("modernbert", &["modernbert"]);
+    r.checks_checkpoint("modernbert", check_checkpoint);
 }
 
 #[cfg(test)]

@@ -42,8 +42,8 @@ pub fn prepare(args: &RecipeArgs) -> Result<()> {
 
 pub fn stats(args: &RecipeArgs) -> Result<()> {
     let (r, store, vocab) = store(args)?;
-    let train = Examples::new(store.train.clone(), r.examples, r.max_seq_len, &vocab);
-    let eval = Examples::new(store.eval.clone(), r.examples, r.max_seq_len, &vocab);
+    let train = Examples::new(store.train.clone(), r.examples, r.max_seq_len, r.raw.data.document_attention, &vocab);
+    let eval = Examples::new(store.eval.clone(), r.examples, r.max_seq_len, r.raw.data.document_attention, &vocab);
     let what = match r.examples {
         ExampleMode::Packed => format!("packed blocks of {} tokens", r.max_seq_len),
         ExampleMode::LineByLine => format!("line examples of at most {} tokens", r.max_seq_len),

@@ -57,6 +57,16 @@ impl Batch {
         b
     }
 
+    /// Each row's tokens' documents (`Examples::documents`), -1 at padding.
+    fn with_documents(mut self, docs: Vec<Vec<i64>>) -> Self {
+        let mut all = vec![-1; self.rows * self.cols];
+        for (r, d) in docs.iter().enumerate() {
+            all[r * self.cols..r * self.cols + d.len()].copy_from_slice(d);
+        }
+        self.documents = Some(all);
+        self
+    }
+
     /// Copies the batch to `device` as int64 tensors. To a GPU the copies go
     /// from pinned memory without blocking: a blocking copy would first wait
     /// for every kernel already queued (the previous step's), stalling the
@@ -85,8 +95,16 @@ impl Batch {
     }
 }
 
-fn masked(examples: &Examples, idx: impl Iterator<Item = usize>, masker: &dyn Masker, rng: &mut ChaCha8Rng) -> Result<Vec<MaskedSequence>> {
-    idx.map(|i| masker.mask(&examples.ids(i), rng)).collect()
+/// Examples `idx`, masked and padded into a batch (with their documents,
+/// under document attention).
+fn masked(examples: &Examples, idx: &[usize], masker: &dyn Masker, rng: &mut ChaCha8Rng, pad_id: i64) -> Result<Batch> {
+    let seqs = idx.iter().map(|&i| masker.mask(&examples.ids(i), rng)).collect::<Result<Vec<_>>>()?;
+    let batch = Batch::pad(seqs, pad_id);
+    let docs: Option<Vec<Vec<i64>>> = idx.iter().map(|&i| examples.documents(i)).collect();
+    Ok(match docs {
+        Some(docs) => batch.with_documents(docs),
+        None => batch,
+    })
 }
 
 /// Makes training micro-batches: shuffled each epoch, masked afresh each time.
@@ -146,7 +164,7 @@ impl BatchMaker {
         // Masks: seed's key, stream u64::MAX - i keeps them apart from the shuffle streams.
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(u64::MAX - i);
-        Ok(Batch::pad(masked(&self.examples, rows.iter().copied(), self.masker.as_ref(), &mut rng)?, self.pad_id))
+        masked(&self.examples, rows, self.masker.as_ref(), &mut rng, self.pad_id)
     }
 
     /// The documents (numbered in the split) micro-batch `i` takes its examples from.
@@ -194,13 +212,8 @@ impl EvalSet {
     pub fn new(examples: &Examples, masker: &dyn Masker, batch_size: usize, max_sequences: Option<usize>, seed: u64, pad_id: i64) -> Result<Self> {
         let n = max_sequences.map_or(examples.len(), |m| m.min(examples.len()));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let seqs = masked(examples, 0..n, masker, &mut rng)?;
-        let mut batches = Vec::new();
-        let mut it = seqs.into_iter().peekable();
-        while it.peek().is_some() {
-            let chunk: Vec<MaskedSequence> = it.by_ref().take(batch_size).collect();
-            batches.push(Batch::pad(chunk, pad_id));
-        }
+        let all: Vec<usize> = (0..n).collect();
+        let batches = all.chunks(batch_size.max(1)).map(|idx| masked(examples, idx, masker, &mut rng, pad_id)).collect::<Result<_>>()?;
         Ok(EvalSet { batches, sequences: (0..n).map(|i| examples.ids(i)).collect() })
     }
 

@@ -119,8 +119,8 @@ fn check(case: &Case, layouts: &[(ExampleMode, usize)], batch_size: usize, seed:
     let store = case.store(dir.path(), &tok, &vocab);
     for &(mode, max_seq_len) in layouts {
         let (train, eval) = case.today(&tok, &vocab, mode, max_seq_len);
-        let viewed = Examples::new(store.train.clone(), mode, max_seq_len, &vocab);
-        let held = Examples::new(store.eval.clone(), mode, max_seq_len, &vocab);
+        let viewed = Examples::new(store.train.clone(), mode, max_seq_len, false, &vocab);
+        let held = Examples::new(store.eval.clone(), mode, max_seq_len, false, &vocab);
         assert!(!train.is_empty() && !eval.is_empty(), "{mode:?} {max_seq_len}: a case with examples on both sides");
         assert!(all(&viewed) == train, "{mode:?} {max_seq_len}: train examples differ from today's");
         assert!(all(&held) == eval, "{mode:?} {max_seq_len}: eval examples differ from today's");
@@ -209,11 +209,11 @@ fn every_family_frames_examples_as_its_tokenizer_does() {
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let store = case.store(dir.path(), &tok, &vocab);
-        let lines = Examples::new(store.train.clone(), ExampleMode::LineByLine, 64, &vocab);
+        let lines = Examples::new(store.train.clone(), ExampleMode::LineByLine, 64, false, &vocab);
         for ex in all(&lines) {
             assert!(framed.contains(&ex), "{family}: {ex:?} is not how the tokenizer frames a line");
         }
-        let blocks = all(&Examples::new(store.train.clone(), ExampleMode::Packed, 32, &vocab));
+        let blocks = all(&Examples::new(store.train.clone(), ExampleMode::Packed, 32, false, &vocab));
         let (cls, sep) = (vocab.cls_id as u32, vocab.sep_id as u32);
         for b in &blocks {
             assert!(b[0] == cls && b[b.len() - 1] == sep, "{family}: block {b:?}");

@@ -123,12 +123,14 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
         }),
         (None, None) => Some("bert".to_string()),
     };
+    let mut model_options_ok = true;
     if let Some(name) = &model_name {
         match registry.get(ComponentKind::Model, name) {
             Err(e) => p.push("model.name", e),
             Ok(c) => {
                 if let Err(e) = (c.component.check)(&m.options) {
                     p.push("model.options", format!("{e:#}"));
+                    model_options_ok = false;
                 }
             }
         }
@@ -145,6 +147,12 @@ pub fn resolve(raw: RawRecipe, source: &Path, registry: &Registry) -> Result<Rec
         } else {
             limits = files::model_folder(&mut p, dir, config_overrides);
             local_model = Some(dir.join("config.json"));
+            let check = model_name.as_deref().and_then(|n| registry.get(ComponentKind::Model, n).ok()).and_then(|c| c.component.checkpoint_check.clone());
+            if let (Some(check), true) = (check, model_options_ok && dir.join("config.json").is_file()) {
+                if let Err(e) = check(&m.options, dir) {
+                    p.push("model.options", format!("{e:#}"));
+                }
+            }
         }
     }
     if let Some(positions) = limits.max_positions {

@@ -151,6 +151,12 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
             recipe.max_seq_len, info.max_positions
         )));
     }
+    if recipe.raw.data.document_attention && !info.document_attention {
+        bail!(user_msg(format!(
+            "data.document_attention: the `{name}` model does not keep attention within documents \
+             (modernbert does); leave data.document_attention out for this model"
+        )));
+    }
     let metrics =
         components::metrics(registry, &recipe.raw.metrics, &tokenizer::Encoder(&tok), &vocab, info.max_positions as usize)?;
 
@@ -318,8 +324,8 @@ fn cached_examples(
 ) -> Result<(Examples, Examples)> {
     let t0 = Instant::now();
     let store = cache::store(recipe, sources, registry, tok, vocab.vocab_size)?;
-    let train = Examples::new(store.train.clone(), recipe.examples, recipe.max_seq_len, vocab);
-    let eval = Examples::new(store.eval.clone(), recipe.examples, recipe.max_seq_len, vocab);
+    let train = Examples::new(store.train.clone(), recipe.examples, recipe.max_seq_len, recipe.raw.data.document_attention, vocab);
+    let eval = Examples::new(store.eval.clone(), recipe.examples, recipe.max_seq_len, recipe.raw.data.document_attention, vocab);
     tracing::info!(
         "data: {} train documents -> {} examples ({} tokens), {} eval documents -> {} examples; mapped from the token store {} in {:.2}s",
         store.train.documents(),
