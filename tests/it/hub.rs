@@ -603,16 +603,17 @@ fn family_repo(fixture: &str, id: &'static str, sha: &'static str) -> Repo {
     Repo { kind: "models", id, sha, files }
 }
 
-/// The shipped RoBERTa and XLM-R recipes as they are, scaled down by `--set`
-/// only: each downloads its checkpoint from the (fake) Hub, gets the family's
-/// plugin from `model_type`, its special tokens from the downloaded
-/// tokenizer files, and trains.
+/// The shipped RoBERTa, XLM-R and ModernBERT recipes as they are, scaled down
+/// by `--set` only: each downloads its checkpoint from the (fake) Hub, gets
+/// the family's plugin from `model_type`, its special tokens from the
+/// downloaded tokenizer files, and trains.
 #[test]
-fn the_shipped_roberta_and_xlm_roberta_recipes_run_from_the_hub() {
+fn the_shipped_family_recipes_run_from_the_hub() {
     let tmp = tempfile::tempdir().unwrap();
     let hub = FakeHub::start(vec![
         family_repo("tiny-roberta", "FacebookAI/roberta-base", "3333333333333333333333333333333333333333"),
         family_repo("tiny-xlm-roberta", "FacebookAI/xlm-roberta-base", "4444444444444444444444444444444444444444"),
+        family_repo("tiny-modernbert", "answerdotai/ModernBERT-base", "5555555555555555555555555555555555555555"),
         dataset_repo(tmp.path()),
     ]);
     let home = tmp.path().join("hf-home");
@@ -641,9 +642,11 @@ fn the_shipped_roberta_and_xlm_roberta_recipes_run_from_the_hub() {
     ];
     let toy = format!("hf://datasets/{DATASET}/toy");
     let (train, eval) = (format!("data.train={toy}/train"), format!("data.eval={toy}/validation"));
-    for (recipe, name, extra) in [
-        ("recipes/dapt-roberta-base.yaml", "dapt-roberta-base", dapt.to_vec()),
-        ("recipes/wikitext-xlm-roberta-base.yaml", "wikitext-xlm-roberta-base", vec![train.as_str(), eval.as_str(), "data.options.documents=blank_line"]),
+    for (recipe, name, plugin, extra) in [
+        ("recipes/dapt-roberta-base.yaml", "dapt-roberta-base", "roberta", dapt.to_vec()),
+        ("recipes/wikitext-xlm-roberta-base.yaml", "wikitext-xlm-roberta-base", "roberta", vec![train.as_str(), eval.as_str(), "data.options.documents=blank_line"]),
+        ("recipes/modernbert-base.yaml", "modernbert-base", "modernbert", dapt.to_vec()),
+        ("recipes/modernbert-base-long.yaml", "modernbert-base-long", "modernbert", dapt.to_vec()),
     ] {
         let mut args = vec!["run", recipe];
         for s in small.iter().chain(&extra) {
@@ -652,9 +655,26 @@ fn the_shipped_roberta_and_xlm_roberta_recipes_run_from_the_hub() {
         let o = runner(&args, &envs);
         assert!(o.status.success(), "{recipe}: {}", stderr(&o));
         let run = tmp.path().join("results").join(name);
-        assert!(stderr(&o).contains("model `roberta`:"), "{recipe}: the roberta plugin from model_type:\n{}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("model `{plugin}`:")), "{recipe}: the {plugin} plugin from model_type:\n{}", stderr(&o));
         let df = crate::common::read_csv(&run.join("metrics.csv"));
         let loss = crate::common::column(&df, "eval_loss").into_iter().flatten().last().unwrap();
         assert!(loss.is_finite(), "{recipe}: eval loss {loss}");
     }
+
+    // The masking-rate sweep: three training rates, every run scored on the
+    // same 15% eval masks, so the evals before the first step agree exactly.
+    let mut args = vec!["sweep", "recipes/sweeps/modernbert-mask-rate.yaml.j2"];
+    for s in small.iter().chain(&dapt) {
+        args.extend(["--set", s]);
+    }
+    let o = runner(&args, &envs);
+    assert!(o.status.success(), "sweep: {}", stderr(&o));
+    let first_evals: Vec<f64> = ["rate-0.15", "rate-0.3", "rate-0.4"]
+        .iter()
+        .map(|run| {
+            let df = crate::common::read_csv(&tmp.path().join("results/modernbert-mask-rate").join(run).join("metrics.csv"));
+            crate::common::column(&df, "eval_loss").into_iter().flatten().next().unwrap()
+        })
+        .collect();
+    assert!(first_evals.windows(2).all(|w| w[0] == w[1]), "step-0 eval losses differ: {first_evals:?}");
 }
