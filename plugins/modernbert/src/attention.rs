@@ -4,10 +4,12 @@
 //! A global layer sees every key of its row (of its document, with
 //! `documents`). A local layer sees the keys within `half` positions either
 //! side. At short lengths that is one T×T score matrix with a band mask. At
-//! long ones the queries are cut into chunks of `half` rows and each chunk
-//! meets only the `3 * half` keys that can reach it, so the work grows as
-//! T × 3·half instead of T²: 8192 tokens with ModernBERT's window of 128 cost
-//! 192 scores per query, not 8192.
+//! long ones (from `16 * half` tokens: 1024 with ModernBERT's window of 128,
+//! where the chunks' extra copies start to pay on a CPU) the queries are cut
+//! into chunks of `half` rows and each chunk meets only the `3 * half` keys
+//! that can reach it, so the work grows as T × 3·half instead of T²: 8192
+//! tokens cost 192 scores per query, not 8192. Chunks go to torch's fused
+//! attention as extra heads (B, heads × chunks, rows, keys).
 //!
 //! Every mask is built once per forward pass ([`Visibility`]) and shared by
 //! the layers. A query that would see no key at all (a padding position far
@@ -62,8 +64,8 @@ enum Local {
     /// One T×T score matrix; `allowed` (B|1, 1, T, T).
     Dense(Tensor),
     /// Query chunks of `chunk` rows against key spans of `chunk + 2 * half`;
-    /// `allowed` (B|1, 1, n, chunk, chunk + 2 * half), `padded` the length
-    /// after the queries are padded to whole chunks.
+    /// `allowed` (B|1, heads × n, chunk, chunk + 2 * half), `padded` the
+    /// length after the queries are padded to whole chunks.
     Chunked { allowed: Tensor, chunk: i64, half: i64, padded: i64 },
 }
 
@@ -76,10 +78,10 @@ pub struct Visibility {
 
 impl Visibility {
     /// `attention_mask` (B, T) with 1 at real tokens; `documents` (B, T) as in
-    /// `MlmBatch`; `half` the local layers' reach either side. Whether every
-    /// key is real is read back to the host only on the CPU or outside
-    /// training (as the BERT layers do).
-    pub fn new(attention_mask: &Tensor, documents: Option<&Tensor>, half: i64, train: bool) -> Self {
+    /// `MlmBatch`; `half` the local layers' reach either side; `heads` per
+    /// layer. Whether every key is real is read back to the host only on the
+    /// CPU or outside training (as the BERT layers do).
+    pub fn new(attention_mask: &Tensor, documents: Option<&Tensor>, half: i64, heads: i64, train: bool) -> Self {
         let (b, t) = attention_mask.size2().expect("attention_mask is (B, T)");
         let device = attention_mask.device();
         let real = attention_mask.eq(1); // (B, T)
@@ -96,7 +98,7 @@ impl Visibility {
             None => (!all_real).then(|| keys.shallow_clone()),
         };
         let chunk = half;
-        let local = if t < 4 * half {
+        let local = if t < 16 * half {
             let i = Tensor::arange(t, (Kind::Int64, device));
             let band = (i.unsqueeze(1) - i.unsqueeze(0)).abs().le(half); // (T, T)
             let allowed = if all_real { band.view([1, 1, t, t]) } else { keys.logical_and(&band) };
@@ -119,7 +121,10 @@ impl Visibility {
                 let query_docs = docs.constant_pad_nd([0, padded - t]).view([b, 1, n, chunk, 1]);
                 allowed = allowed.logical_and(&key_docs.eq_tensor(&query_docs));
             }
-            Local::Chunked { allowed: with_self_if_empty(&allowed, &own), chunk, half, padded }
+            let allowed = with_self_if_empty(&allowed, &own);
+            let rows = allowed.size()[0];
+            let allowed = allowed.expand([rows, heads, n, chunk, span], false).reshape([rows, heads * n, chunk, span]);
+            Local::Chunked { allowed, chunk, half, padded }
         };
         Visibility { global, local }
     }
@@ -136,14 +141,15 @@ impl Visibility {
             Local::Chunked { allowed, chunk, half, padded } => {
                 let (b, nh, t, hd) = q.size4().expect("q is (B, nh, T, hd)");
                 let (n, span) = (padded / chunk, chunk + 2 * half);
-                let q = q.constant_pad_nd([0, 0, 0, padded - t]).view([b, nh, n, *chunk, hd]);
+                let q = q.constant_pad_nd([0, 0, 0, padded - t]).reshape([b, nh * n, *chunk, hd]);
                 let spans = |x: &Tensor| {
                     x.constant_pad_nd([0, 0, *half, padded - t + half]) // (B, nh, P + 2h, hd)
                         .unfold(2, span, *chunk) // (B, nh, n, hd, span)
                         .transpose(-1, -2)
+                        .reshape([b, nh * n, span, hd])
                 };
-                let y = attend(&q, &spans(k), &spans(v), Some(allowed), p, pass); // (B, nh, n, chunk, hd)
-                y.view([b, nh, *padded, hd]).narrow(2, 0, t)
+                let y = attend(&q, &spans(k), &spans(v), Some(allowed), p, pass); // (B, nh × n, chunk, hd)
+                y.reshape([b, nh, *padded, hd]).narrow(2, 0, t)
             }
         }
     }
@@ -200,9 +206,11 @@ mod tests {
     fn chunked_local_attention_equals_the_masked_full_matrix() {
         tch::manual_seed(0);
         let rng = MaskRng::new(0);
-        for (t, half, with_docs) in [(64, 4, false), (61, 4, true), (100, 8, false), (37, 3, true), (20, 4, false)] {
+        for (t, half, with_docs) in [(64, 4, false), (61, 4, true), (130, 8, false), (50, 3, true), (37, 3, false), (20, 4, false)] {
             let opts = (Kind::Double, Device::Cpu);
-            let (q, k, v) = (Tensor::randn([2, 3, t, 8], opts), Tensor::randn([2, 3, t, 8], opts), Tensor::randn([2, 3, t, 8], opts));
+            // Head-major views of (B, T, nh, hd) tensors, as a layer hands them over.
+            let heads = || Tensor::randn([2, t, 3, 8], opts).transpose(1, 2);
+            let (q, k, v) = (heads(), heads(), heads());
             // Row 1 padded over its last 13 positions: some padded queries see no real key.
             let mask = Tensor::ones([2, t], (Kind::Int64, Device::Cpu));
             let _ = mask.get(1).narrow(0, t - 13, 13).fill_(0);
@@ -210,8 +218,8 @@ mod tests {
                 let d = (Tensor::arange(t, (Kind::Int64, Device::Cpu)) / 9).unsqueeze(0).repeat([2, 1]);
                 d.where_scalarother(&mask.eq(1), -1)
             });
-            let vis = Visibility::new(&mask, docs.as_ref(), half, false);
-            assert_eq!(matches!(vis.local, Local::Chunked { .. }), t >= 4 * half);
+            let vis = Visibility::new(&mask, docs.as_ref(), half, 3, false);
+            assert_eq!(matches!(vis.local, Local::Chunked { .. }), t >= 16 * half);
             let ours = vis.local(&q, &k, &v, 0.0, eval(&rng));
             let want = reference(&q, &k, &v, &mask, docs.as_ref(), half);
             let gap = (ours - want).abs().max().double_value(&[]);

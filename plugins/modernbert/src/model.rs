@@ -192,7 +192,7 @@ impl ModernBertForMaskedLm {
         let head_dim = self.cfg.head_dim();
         let cx = Context {
             pass,
-            visibility: Visibility::new(x.attention_mask, x.documents, self.cfg.local_attention / 2, pass.train),
+            visibility: Visibility::new(x.attention_mask, x.documents, self.cfg.local_attention / 2, self.cfg.num_attention_heads, pass.train),
             global_rotary: Rotary::new(&positions, head_dim, self.cfg.global_rope_theta),
             local_rotary: Rotary::new(&positions, head_dim, self.cfg.local_rope_theta),
         };
