@@ -8,7 +8,8 @@ evaluation the peers use, so eval losses compare like for like.
 peer `hf`:     transformers BertForMaskedLM (SDPA attention) as users run it: the MLM
                head over every position, torch.optim.AdamW, DataCollatorForLanguageModeling.
 peer `sparse`: the same model with the MLM head and loss computed only at masked
-               positions ("sparse prediction", as NVIDIA's and MosaicBERT's BERT do).
+               positions ("sparse prediction", as NVIDIA's and MosaicBERT's BERT do);
+               for ModernBERT, transformers' own `sparse_prediction` option.
 
 Both read the same packed 128-token blocks the runner trains on (written by bench/run.py),
 train `--warmup + --steps` steps at a constant learning rate, and print one JSON line:
@@ -27,13 +28,19 @@ from transformers import (
     BertConfig,
     BertForMaskedLM,
     DataCollatorForLanguageModeling,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
     PreTrainedTokenizerFast,
     RobertaConfig,
     RobertaForMaskedLM,
 )
 
 # --family: the config and masked-LM classes of each model family.
-FAMILIES = {"bert": (BertConfig, BertForMaskedLM), "roberta": (RobertaConfig, RobertaForMaskedLM)}
+FAMILIES = {
+    "bert": (BertConfig, BertForMaskedLM),
+    "roberta": (RobertaConfig, RobertaForMaskedLM),
+    "modernbert": (ModernBertConfig, ModernBertForMaskedLM),
+}
 
 
 def load_blocks(path):
@@ -128,6 +135,8 @@ def main():
         config_class, model_class = FAMILIES[args.family]
         config = config_class.from_json_file(args.model)
         config._attn_implementation = "sdpa"
+        # ModernBERT has its own sparse prediction: the head only where labels are set.
+        config.sparse_prediction = args.family == "modernbert" and args.peer == "sparse"
         model = model_class(config)
     else:
         model = BertForMaskedLM.from_pretrained(args.model, attn_implementation="sdpa")
@@ -154,7 +163,7 @@ def main():
     def step_loss(batch):
         ids, mask, labels = (batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels"))
         with autocast:
-            if args.peer == "hf":
+            if args.peer == "hf" or args.family == "modernbert":
                 return model(input_ids=ids, attention_mask=mask, labels=labels).loss
             return sparse_loss(model, ids, mask, labels)
 

@@ -3,6 +3,9 @@
     bench/run.sh                       # MiniLM-L6 (quickstart checkpoint), fp32 and bf16
     bench/run.sh --bert-base           # also the bert-base shape (random init, batch 16)
     bench/run.sh --roberta-base        # also the roberta-base shape (random init, batch 16)
+    bench/run.sh --modernbert          # also the modernbert-base shape (random init) at 128
+                                       # and 512 tokens, and its local against global
+                                       # attention at 1024 and 4096 tokens (runner only)
     bench/run.sh --repeats 1 --steps 5 # a quick look
     bench/run.sh --precisions fp32 --name avx2   # a host without bf16 units: fp32 only,
                                        # into bench/results/avx2.{json,md,png}
@@ -64,8 +67,8 @@ def split_documents(tmp, eval_docs=25, seed=0):
     return dirs
 
 
-def pack_blocks(tmp, docs, eval_blocks=64):
-    """Packs each split into [CLS] 126 tokens [SEP] blocks, documents joined by [SEP]
+def pack_blocks(tmp, docs, seq=SEQ, eval_blocks=64):
+    """Packs each split into [CLS] seq-2 tokens [SEP] blocks, documents joined by [SEP]
     (the runner's packed layout), for the peers and the evaluator."""
     from tokenizers import Tokenizer
 
@@ -83,11 +86,11 @@ def pack_blocks(tmp, docs, eval_blocks=64):
                     stream.append(sep)
                 for enc in tok.encode_batch(lines, add_special_tokens=False):
                     stream.extend(enc.ids)
-        body = SEQ - 2
+        body = seq - 2
         n = len(stream) // body
         blocks = np.array(stream[: n * body], dtype=np.int64).reshape(n, body)
         blocks = np.concatenate([np.full((n, 1), cls), blocks, np.full((n, 1), sep)], axis=1)
-        path = os.path.join(tmp, f"{split}.npy")
+        path = os.path.join(tmp, f"{split}-{seq}.npy")
         np.save(path, blocks[:eval_blocks] if split == "eval" else blocks)
         out[split] = path
     return out
@@ -105,24 +108,33 @@ def matmul_peak(dtype, threads, n=2048, reps=10):
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def train_flops_per_token(cfg, who):
+def train_flops_per_token(cfg, who, seq=SEQ):
     """Matmul FLOPs a training step performs per token (backward = 2x forward).
 
     `hf` runs the MLM head at every position; `sparse` only at masked ones; the
-    runner also runs its last layer past attention only at masked positions."""
+    runner also runs its last layer past attention only at masked positions.
+    ModernBERT: a GeGLU feed-forward, and local layers score only their window."""
     h, i, layers, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    qkv, scores, rest = 2 * 3 * h * h, 2 * 2 * SEQ * h, 2 * (h * h + 2 * h * i)
-    encoder = layers * (qkv + scores + rest)
+    qkv = 2 * 3 * h * h
+    if "local_attention" in cfg:
+        every = cfg.get("global_attn_every_n_layers", 3)
+        glob = len(range(0, layers, every))
+        keys = glob * seq + (layers - glob) * min(seq, cfg["local_attention"] + 1)
+        rest = 2 * (h * h + 3 * h * i)
+        encoder = layers * (qkv + rest) + 2 * 2 * keys * h
+    else:
+        rest = 2 * (h * h + 2 * h * i)
+        encoder = layers * (qkv + 2 * 2 * seq * h + rest)
     if who == "runner":
         encoder -= (1 - MASKED) * rest
     head = 2 * (h * h + h * v) * (1.0 if who == "hf" else MASKED)
     return 3 * (encoder + head)
 
 
-def runner_recipe(args, docs, model_section, batch, steps, precision, name="bench", data=""):
+def runner_recipe(args, docs, model_section, batch, steps, precision, name="bench", data="", seq=SEQ):
     recipe = f"""
 run: {{name: {name}, seed: 0, output_dir: {args.tmp}}}
-data: {{dataset: text, options: {{documents: file, suffix: .txt}}, train: {docs['train']}, eval: {docs['eval']}, max_seq_len: {SEQ}{data}}}
+data: {{dataset: text, options: {{documents: file, suffix: .txt}}, train: {docs['train']}, eval: {docs['eval']}, max_seq_len: {seq}{data}}}
 model: {model_section}
 training: {{device: cpu, precision: {precision}, threads: {args.threads}, batch_size: {batch}, max_steps: {steps}, lr: 1.0e-4, schedule: constant, warmup_steps: 0, log_every: 1}}
 eval: {{every: 0, at_start: false, batch_size: 32, max_sequences: 64}}
@@ -135,34 +147,55 @@ metrics: [loss]
 
 
 def run_runner(args, docs, blocks, config, precision):
-    name, _, _, batch, section, warmup, steps = config
-    recipe = runner_recipe(args, docs, section, batch, warmup + steps, precision)
+    name, _, _, batch, section, warmup, steps, seq = config
+    recipe = runner_recipe(args, docs, section, batch, warmup + steps, precision, seq=seq)
     _, _, rss = run_child([RUNNER, "run", recipe, "--overwrite"])
     import csv
 
     rows = list(csv.DictReader(open(os.path.join(args.tmp, "bench/metrics.csv"))))
     train = [r for r in rows if r["train_loss"] and int(r["step"]) > warmup]
-    seconds = sum(batch * SEQ / float(r["tokens_per_s"]) for r in train)
-    result = {"peer": "runner", "precision": precision, "tokens_per_s": len(train) * batch * SEQ / seconds, "peak_rss_mb": rss}
+    seconds = sum(batch * seq / float(r["tokens_per_s"]) for r in train)
+    result = {"peer": "runner", "precision": precision, "tokens_per_s": len(train) * batch * seq / seconds, "peak_rss_mb": rss}
     if name == "minilm-l6":
         text, _, _ = run_child([sys.executable, PEERS, "--evaluate", os.path.join(args.tmp, "bench/checkpoint"),
-                                "--tokenizer", MODEL, "--eval", blocks["eval"], "--threads", str(args.threads)])
+                                "--tokenizer", MODEL, "--eval", blocks[seq]["eval"], "--threads", str(args.threads)])
         result["eval_loss"] = json.loads(text.strip().splitlines()[-1])["eval_loss"]
     return result
 
 
 def run_peer(args, blocks, config, peer, precision):
-    name, model, _, batch, _, warmup, steps = config
-    family = "roberta" if name.startswith("roberta") else "bert"
+    name, model, _, batch, _, warmup, steps, seq = config
+    family = next((f for f in ("roberta", "modernbert") if name.startswith(f)), "bert")
     cmd = [sys.executable, PEERS, "--peer", peer, "--model", model, "--family", family, "--tokenizer", MODEL,
-           "--train", blocks["train"], "--eval", blocks["eval"], "--batch", str(batch), "--steps", str(steps),
+           "--train", blocks[seq]["train"], "--eval", blocks[seq]["eval"], "--batch", str(batch), "--steps", str(steps),
            "--warmup", str(warmup), "--threads", str(args.threads), "--precision", precision]
+    if name != "minilm-l6":
+        cmd.append("--no-eval")  # random init: no eval loss to compare
     text, _, rss = run_child(cmd)
     result = json.loads(text.strip().splitlines()[-1])
     result["peak_rss_mb"] = rss
     if name != "minilm-l6":
         result.pop("eval_loss", None)  # random init: nothing to compare
     return result
+
+
+def long_context(args, docs, steps=2, warmup=1):
+    """ModernBERT-base (random init, fp32, batch 1) at 1024 and 4096 tokens: its own
+    layout (two of three layers local, window 128) against every layer global.
+    Runner only; seconds per 1000 tokens (median step) and peak RSS."""
+    import csv
+
+    out = []
+    for seq in (1024, 4096):
+        for layout, config in (("local", "{}"), ("global", "{global_attn_every_n_layers: 1}")):
+            section = f"{{name: modernbert, options: {{preset: modernbert-base, config: {config}}}}}\ntokenizer: {{path: {MODEL}/tokenizer.json}}"
+            print(f"long context: {seq} tokens, {layout}", file=sys.stderr, flush=True)
+            recipe = runner_recipe(args, docs, section, 1, warmup + steps, "fp32", name="long", seq=seq)
+            _, _, rss = run_child([RUNNER, "run", recipe, "--overwrite"])
+            rows = [r for r in csv.DictReader(open(os.path.join(args.tmp, "long/metrics.csv"))) if r["train_loss"] and int(r["step"]) > warmup]
+            tps = statistics.median(float(r["tokens_per_s"]) for r in rows)
+            out.append({"seq": seq, "layout": layout, "tokens_per_s": tps, "ms_per_token": 1000 / tps, "peak_rss_mb": rss})
+    return out
 
 
 def startup_seconds(args, docs, start):
@@ -250,7 +283,7 @@ def table(results):
         vs_hf = f"{100 * (r['eval_loss'] / hf['eval_loss'] - 1):+.1f}%" if hf else "-"
         return f"{r['eval_loss']:.3f}" + (f" ({vs} vs fp32)" if vs else ""), vs_hf
 
-    s = results["startup"]
+    s = results.get("startup")
     lines = [
         f"Machine: {results['cpu']}, {results['threads']} threads; matmul peak "
         + ", ".join(f"{p} {g:.0f}" for p, g in peak.items()) + " GFLOP/s; "
@@ -263,7 +296,13 @@ def table(results):
         l, vs_hf = loss(r)
         lines.append(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['peer']} | {r['tokens_per_s']:.0f} | "
                      f"{ratio(r, 'hf')} | {ratio(r, 'sparse')} | {l} | {vs_hf} | {r['peak_rss_mb']:.0f} | {100 * r['mfu']:.1f}% |")
-    lines += ["", f"Runner start to first training step ({s['corpus']}): cold token cache {s['cold_s']:.2f} s, warm {s['warm_s']:.2f} s"]
+    if s:
+        lines += ["", f"Runner start to first training step ({s['corpus']}): cold token cache {s['cold_s']:.2f} s, warm {s['warm_s']:.2f} s"]
+    if results.get("long_context"):
+        lc = results["long_context"]
+        lines += ["", "Runner, modernbert-base shape at long lengths (fp32, batch 1, one of three layers global, window 128, "
+                      "against every layer global):", "", "| tokens | layout | ms per token | tokens/s | peak RSS MB |", "|---|---|---|---|---|"]
+        lines += [f"| {r['seq']} | {r['layout']} | {r['ms_per_token']:.2f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} |" for r in lc]
     if results.get("line_by_line"):
         lbl = results["line_by_line"]
         lines += ["", f"Runner on WikiText-2 test lines (line_by_line, batch 32, fp32, real tokens/s, median step): "
@@ -315,6 +354,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bert-base", action="store_true")
     ap.add_argument("--roberta-base", action="store_true")
+    ap.add_argument("--modernbert", action="store_true")
+    ap.add_argument("--skip-extras", action="store_true", help="only the model rows: no start-up, line-by-line or data-parallel figures")
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="MiniLM-L6 precisions to run (bf16 is emulated, and slow, on CPUs without bf16 units)")
     ap.add_argument("--name", default="latest", help="results go to bench/results/NAME.{json,md,png}")
@@ -344,19 +385,19 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
         docs = split_documents(tmp)
-        blocks = pack_blocks(tmp, docs)
+        blocks = {SEQ: pack_blocks(tmp, docs)}
         start = os.path.join(tmp, "start")
         run_child([sys.executable, PEERS, "--make-start", start, "--model", MODEL, "--tokenizer", MODEL])
         cfg = json.load(open(os.path.join(MODEL, "config.json")))
         # (name, peer model, config, batch, runner model section, warm-up steps, measured steps)
-        configs = [("minilm-l6", start, cfg, 32, f"{{checkpoint: {start}}}", args.warmup, args.steps)]
+        configs = [("minilm-l6", start, cfg, 32, f"{{checkpoint: {start}}}", args.warmup, args.steps, SEQ)]
         if args.bert_base:
             base = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
                     "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 2}
             base_json = os.path.join(tmp, "bert-base.json")
             json.dump(base, open(base_json, "w"))
             configs.append(("bert-base", base_json, base, 16, f"{{options: {{preset: bert-base}}}}\ntokenizer: {{path: {MODEL}/tokenizer.json}}",
-                            1, max(3, args.steps // 4)))
+                            1, max(3, args.steps // 4), SEQ))
         if args.roberta_base:
             # RoBERTa-base: 50265 tokens, positions after padding_idx 1, one token type. The
             # blocks come from the MiniLM tokenizer (ids < 30522), as for bert-base.
@@ -367,7 +408,19 @@ def main():
             json.dump(base, open(base_json, "w"))
             configs.append(("roberta-base", base_json, base, 16,
                             f"{{name: roberta, options: {{preset: roberta-base}}}}\ntokenizer: {{path: {MODEL}/tokenizer.json}}",
-                            1, max(3, args.steps // 4)))
+                            1, max(3, args.steps // 4), SEQ))
+        if args.modernbert:
+            # ModernBERT-base as released (transformers' defaults): 22 layers, GeGLU 1152,
+            # every third layer global, window 128, 50368 tokens. Blocks from the MiniLM tokenizer.
+            base = {"vocab_size": 50368, "hidden_size": 768, "intermediate_size": 1152, "num_hidden_layers": 22,
+                    "num_attention_heads": 12, "local_attention": 128, "global_attn_every_n_layers": 3,
+                    "max_position_embeddings": 8192, "pad_token_id": 50283}
+            base_json = os.path.join(tmp, "modernbert-base.json")
+            json.dump(base, open(base_json, "w"))
+            section = f"{{name: modernbert, options: {{preset: modernbert-base}}}}\ntokenizer: {{path: {MODEL}/tokenizer.json}}"
+            for seq, batch in ((128, 16), (512, 4)):
+                blocks.setdefault(seq, pack_blocks(tmp, docs, seq))
+                configs.append((f"modernbert-base-{seq}", base_json, base, batch, section, 1, max(3, args.steps // 4), seq))
         for config in configs:
             name, mcfg, batch = config[0], config[2], config[3]
             for precision in (args.precisions.split(",") if name == "minilm-l6" else ["fp32"]):
@@ -380,12 +433,15 @@ def main():
                 for who, rs in runs.items():
                     r = summarise(rs)
                     r["model"], r["batch"] = name, batch
-                    r["mfu"] = r["tokens_per_s"] * train_flops_per_token(mcfg, who) / (peak[precision] * 1e9)
+                    r["mfu"] = r["tokens_per_s"] * train_flops_per_token(mcfg, who, config[7]) / (peak[precision] * 1e9)
                     results["rows"].append(r)
-        results["startup"] = {"corpus": "python-docs, 3.2M tokens", **startup_seconds(args, {"train": DOCS, "eval": docs["eval"]}, start)}
-        results["line_by_line"] = line_by_line(args, start)
-        if args.threads > 1:
-            results["data_parallel"] = data_parallel(args, docs, start)
+        if args.modernbert:
+            results["long_context"] = long_context(args, docs)
+        if not args.skip_extras:
+            results["startup"] = {"corpus": "python-docs, 3.2M tokens", **startup_seconds(args, {"train": DOCS, "eval": docs["eval"]}, start)}
+            results["line_by_line"] = line_by_line(args, start)
+            if args.threads > 1:
+                results["data_parallel"] = data_parallel(args, docs, start)
     out = os.path.join(ROOT, "bench/results")
     os.makedirs(out, exist_ok=True)
     text = table(results)
