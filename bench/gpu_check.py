@@ -28,7 +28,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert"]
+FIXTURES = ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert", "tiny-modernbert"]
 TOL = 1e-4  # the CPU parity tests' bound
 # Dense bf16 peak (no sparsity) by GPU name, for MFU.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
@@ -194,7 +194,7 @@ class Check:
 
     def speed(self):
         quick, dev = self.args.quick, self.args.device
-        families = ["bert"] if quick else ["bert", "roberta"]
+        families = ["bert"] if quick else ["bert", "roberta", "modernbert"]
         batch = self.args.batch or (4 if quick else 128)
         steps, warmup = (2, 1) if quick else (20, 5)
         work = tempfile.mkdtemp(dir=self.out, prefix="speed-")
@@ -341,6 +341,10 @@ def compare(a, b):
 
 
 def base_config(family):
+    if family == "modernbert":
+        return dict(model_type="modernbert", hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152,
+                    vocab_size=50368, max_position_embeddings=8192, local_attention=128, global_attn_every_n_layers=3,
+                    pad_token_id=50283)
     if family == "bert":
         return dict(model_type="bert", hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                     vocab_size=30522, max_position_embeddings=512, type_vocab_size=2)
@@ -357,6 +361,8 @@ def tiny_config(family):
 
 def count_params(c):
     h, l, i, v = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
+    if c.get("model_type") == "modernbert":  # rotary positions; GeGLU: Wi is h x 2i
+        return v * h + l * (4 * h * h + 3 * h * i)
     return v * h + c["max_position_embeddings"] * h + l * (4 * h * h + 2 * h * i)
 
 

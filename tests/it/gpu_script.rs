@@ -24,6 +24,6 @@ fn gpu_script_runs_on_the_cpu_and_its_parity_parts_pass() {
         assert_eq!(parts[part]["status"], "pass", "{part}: {}\n{md}", parts[part]);
     }
     assert_eq!(parts["nccl"]["status"], "skipped");
-    assert_eq!(parts["parity"]["fixtures"].as_array().unwrap().len(), 4);
+    assert_eq!(parts["parity"]["fixtures"].as_array().unwrap().len(), 5);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
