@@ -411,8 +411,6 @@ fn bad_inputs_give_one_clear_message_and_leave_nothing() {
         set("no global layer", &[&ckpt(&modernbert), "model.options.config.global_attn_every_n_layers=0"], "model.options: global_attn_every_n_layers must be at least 1"),
         set("window of an odd size", &[&ckpt(&modernbert), "model.options.config.local_attention=7"], "model.options: local_attention must be an even window"),
         set("document attention with grouping by length", &["data.document_attention=true", "data.examples=line_by_line", "data.group_by_length=true"], "data.document_attention: packs whole lines into full rows"),
-        row("document attention on a model without it", &["run", &tiny, "--set", "run.name=documents", "--set", "data.document_attention=true"], "data.document_attention: the `bert` model does not keep attention within documents")
-            .leaves(Leaves::RunRecipe),
         // Reports.
         row("report of a damaged metrics table", &["report", &ws("reports/bad-csv")], "bad-csv/metrics.csv: cannot read the metrics table"),
         // --set itself.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use runner::registry::Registry;
 
 use crate::common::{adamw_steps, batch};
-use runner_api::{MlmModel, Mode, ModelSource};
+use runner_api::{MlmBatch, MlmModel, Mode, ModelSource, IGNORE_INDEX};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
@@ -61,6 +61,7 @@ pub(crate) fn plugins() -> Registry {
 pub(crate) const ROBERTA: Family = Family { dir: "tiny-roberta", model: "roberta", class: "RobertaForMaskedLM" };
 const XLM_ROBERTA: Family = Family { dir: "tiny-xlm-roberta", model: "roberta", class: "XLMRobertaForMaskedLM" };
 const DISTILBERT: Family = Family { dir: "tiny-distilbert", model: "distilbert", class: "DistilBertForMaskedLM" };
+const BERT: Family = Family { dir: "tiny-bert", model: "bert", class: "BertForMaskedLM" };
 pub(crate) const MODERNBERT: Family = Family { dir: "tiny-modernbert", model: "modernbert", class: "ModernBertForMaskedLM" };
 
 pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -435,4 +436,56 @@ fn fill_mask_matches_the_transformers_pipeline_in_every_family() {
             }
         }
     }
+}
+
+/// Rows of several documents with `documents`: each token's logits are the
+/// ones its document gives alone, within 1e-5, in every family; for
+/// ModernBERT in short documents (one score matrix) and long rows (chunked
+/// local attention), beside padding.
+#[test]
+fn document_attention_equals_each_document_alone_in_every_family() {
+    for f in [&BERT, &ROBERTA, &XLM_ROBERTA, &DISTILBERT, &MODERNBERT] {
+        let model = f.model();
+        let info = model.info().unwrap();
+        assert!(info.document_attention, "{}", f.dir);
+        tch::manual_seed(3);
+        let ids = Tensor::randint_low(5, info.vocab_size.min(300), [64], (Kind::Int64, Device::Cpu));
+        let pad = runner::data::tokenizer::vocab_info(&tokenizer(f), &f.path().join("tokenizer.json")).unwrap().pad_id;
+        // Row 0: documents of 10, 30 and 24 tokens. Row 1: 40 tokens, 20 more, 4 of padding.
+        let layouts: [&[i64]; 2] = [&[10, 30, 24], &[40, 20]];
+        let (mut rows, mut docs, mut masks) = (Vec::new(), Vec::new(), Vec::new());
+        for layout in layouts {
+            let at: i64 = layout.iter().sum();
+            let d: Vec<i64> = layout.iter().enumerate().flat_map(|(k, &len)| std::iter::repeat_n(k as i64, len as usize)).collect();
+            let padding = 64 - at;
+            rows.push(Tensor::cat(&[ids.narrow(0, 0, at), Tensor::full([padding], pad, (Kind::Int64, Device::Cpu))], 0));
+            docs.push(Tensor::from_slice(&[d, vec![-1; padding as usize]].concat()));
+            masks.push(Tensor::cat(&[Tensor::ones([at], (Kind::Int64, Device::Cpu)), Tensor::zeros([padding], (Kind::Int64, Device::Cpu))], 0));
+        }
+        let (input_ids, attention_mask) = (Tensor::stack(&rows, 0), Tensor::stack(&masks, 0));
+        // Every real token labelled: the sparse head gives its logits, row-major.
+        let labels = input_ids.where_scalarother(&attention_mask.eq(1), IGNORE_INDEX);
+        let batch = MlmBatch { input_ids, attention_mask, labels, documents: Some(Tensor::stack(&docs, 0)) };
+        let packed = tch::no_grad(|| model.forward_mlm(&batch, Mode::Eval).unwrap().logits);
+        let mut alone = Vec::new();
+        for layout in layouts {
+            let mut at = 0;
+            for &len in layout {
+                let doc = ids.narrow(0, at, len).unsqueeze(0);
+                alone.push(tch::no_grad(|| model.logits(&doc, &doc.ones_like()).unwrap()).squeeze_dim(0));
+                at += len;
+            }
+        }
+        let gap = max_abs_diff(&packed, &Tensor::cat(&alone, 0));
+        eprintln!("{}: document attention, packed vs alone, max abs diff {gap:.3e}", f.dir);
+        assert!(gap < 1e-5, "{}: packed documents differ from documents alone by {gap}", f.dir);
+        // Without documents the same rows mix them.
+        let mixed = MlmBatch { documents: None, ..batch };
+        let mixed = tch::no_grad(|| model.forward_mlm(&mixed, Mode::Eval).unwrap().logits);
+        assert!(max_abs_diff(&mixed, &packed) > 1e-3, "{}", f.dir);
+    }
+}
+
+fn tokenizer(f: &Family) -> tokenizers::Tokenizer {
+    runner::data::tokenizer::load(&f.path().join("tokenizer.json")).unwrap()
 }

@@ -139,6 +139,12 @@ fn modernbert_with_document_attention_trains_and_resumes() {
     trains_resumes_and_exports_with(&MODERNBERT, &["data.document_attention=true", "data.examples=line_by_line"]);
 }
 
+/// The BERT-like families keep documents apart too: RoBERTa on whole lines packed into rows.
+#[test]
+fn roberta_with_document_attention_trains_and_resumes() {
+    trains_resumes_and_exports_with(&ROBERTA, &["data.document_attention=true", "data.examples=line_by_line"]);
+}
+
 /// Two Gloo workers with micro-batch 8 end as one process with two accumulation steps.
 #[test]
 fn two_roberta_workers_match_one_process_with_accumulation() {

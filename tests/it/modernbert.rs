@@ -2,11 +2,11 @@
 //! fixture `tests/fixtures/make_modernbert_fixture.py` made (64-token rows,
 //! local layers with a window of 8): logits and loss, three AdamW steps, the
 //! export reloaded by transformers (fill-mask's top 5 is in families.rs), and
-//! training-mode dropout in distribution. Then document attention: a packed
-//! row keeps each document to itself, as if it ran alone.
+//! training-mode dropout in distribution. (Document attention, for every
+//! family, is in families.rs.)
 
-use runner_api::{MlmBatch, MlmModel, Mode, ModelSource, IGNORE_INDEX};
-use tch::{Device, Kind, Tensor};
+use runner_api::{MlmModel, Mode, ModelSource};
+use tch::{Device, Kind};
 
 use crate::families::{export_loads_in_transformers, logits_and_loss, max_abs_diff, plugins, three_adamw_steps, MODERNBERT};
 
@@ -65,64 +65,4 @@ fn modernbert_dropout_matches_transformers_in_distribution() {
     assert!((sd / their_sd - 1.0).abs() < 0.33, "spread {sd} vs transformers {their_sd}");
     let eval = tch::no_grad(|| model.forward_mlm(&batch, Mode::Eval).unwrap().loss.double_value(&[]));
     assert!((eval - e["loss"].double_value(&[0])).abs() < 1e-4, "eval mode has no dropout: {eval}");
-}
-
-/// Rows of several documents with `documents`: each token's logits are the
-/// ones its document gives alone, within 1e-5, in short documents (one
-/// score matrix) and long ones (chunked), beside padding.
-#[test]
-fn document_attention_equals_each_document_alone() {
-    let e = MODERNBERT.expected();
-    let model = MODERNBERT.model();
-    assert!(model.info().unwrap().document_attention);
-    let ids = e["input_ids"].get(0); // 64 tokens
-    // Row 0: documents of 10, 30 and 24 tokens. Row 1: 40 tokens, 20 more, 4 of padding.
-    let layouts: [&[i64]; 2] = [&[10, 30, 24], &[40, 20]];
-    let (mut rows, mut docs, mut masks) = (Vec::new(), Vec::new(), Vec::new());
-    for layout in layouts {
-        let (mut d, mut at) = (Vec::new(), 0);
-        for (k, &len) in layout.iter().enumerate() {
-            d.extend(std::iter::repeat_n(k as i64, len as usize));
-            at += len;
-        }
-        let pad = 64 - at;
-        let row = Tensor::cat(&[ids.narrow(0, 0, at), Tensor::full([pad], 303, (Kind::Int64, Device::Cpu))], 0);
-        d.extend(std::iter::repeat_n(-1, pad as usize));
-        masks.push(Tensor::cat(&[Tensor::ones([at], (Kind::Int64, Device::Cpu)), Tensor::zeros([pad], (Kind::Int64, Device::Cpu))], 0));
-        rows.push(row);
-        docs.push(Tensor::from_slice(&d));
-    }
-    let (input_ids, attention_mask, documents) = (Tensor::stack(&rows, 0), Tensor::stack(&masks, 0), Tensor::stack(&docs, 0));
-    // Every real token labelled: the sparse head gives its logits, row-major.
-    let labels = input_ids.where_scalarother(&attention_mask.eq(1), IGNORE_INDEX);
-    let batch = MlmBatch { input_ids: input_ids.shallow_clone(), attention_mask, labels, documents: Some(documents) };
-    let packed = tch::no_grad(|| model.forward_mlm(&batch, Mode::Eval).unwrap().logits);
-    let mut alone = Vec::new();
-    for layout in layouts {
-        let mut at = 0;
-        for &len in layout {
-            let doc = ids.narrow(0, at, len).unsqueeze(0);
-            alone.push(tch::no_grad(|| model.logits(&doc, &doc.ones_like()).unwrap()).squeeze_dim(0));
-            at += len;
-        }
-    }
-    let gap = max_abs_diff(&packed, &Tensor::cat(&alone, 0));
-    eprintln!("document attention: packed vs alone, max abs diff {gap:.3e}");
-    assert!(gap < 1e-5, "packed documents differ from documents alone by {gap}");
-    // Without documents the same row mixes them.
-    let mixed = MlmBatch { documents: None, ..batch };
-    let mixed = tch::no_grad(|| model.forward_mlm(&mixed, Mode::Eval).unwrap().logits);
-    assert!(max_abs_diff(&mixed, &packed) > 1e-3);
-}
-
-/// A BERT-like model refuses documents rather than attending across them.
-#[test]
-fn a_model_without_document_attention_says_so() {
-    let e = crate::families::ROBERTA.expected();
-    let model = crate::families::ROBERTA.model();
-    assert!(!model.info().unwrap().document_attention);
-    let mut batch = crate::common::batch(&e);
-    batch.documents = Some(e["attention_mask"].zeros_like());
-    let err = model.forward_mlm(&batch, Mode::Eval).unwrap_err();
-    assert!(format!("{err:#}").contains("data.document_attention"), "{err:#}");
 }

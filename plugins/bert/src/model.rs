@@ -53,12 +53,15 @@ impl BertEmbeddings {
         }
     }
 
-    fn forward(&self, input_ids: &Tensor, pass: Pass) -> Tensor {
+    fn forward(&self, input_ids: &Tensor, positions: Option<&Tensor>, pass: Pass) -> Tensor {
         let (_, t) = input_ids.size2().expect("input_ids is (B, T)");
         let words = Tensor::embedding(&self.word_embeddings, input_ids, -1, false, false); // (B, T, H)
+        let positions = match positions {
+            Some(p) => Tensor::embedding(&self.position_embeddings, p, -1, false, false), // (B, T, H)
+            None => self.position_embeddings.narrow(0, 0, t),                            // (T, H)
+        };
         // token_type_ids are all zero for single-segment MLM.
-        let position_and_type = self.position_embeddings.narrow(0, 0, t) + self.token_type_embeddings.get(0); // (T, H)
-        pass.dropout(&self.layer_norm.forward(&(words + position_and_type)), self.dropout)
+        pass.dropout(&self.layer_norm.forward(&(words + positions + self.token_type_embeddings.get(0))), self.dropout)
     }
 }
 
@@ -87,8 +90,8 @@ impl BertForMaskedLm {
 }
 
 impl MaskedLm for BertForMaskedLm {
-    fn embed(&self, input_ids: &Tensor, pass: Pass) -> Tensor {
-        self.embeddings.forward(input_ids, pass)
+    fn embed(&self, input_ids: &Tensor, positions: Option<&Tensor>, pass: Pass) -> Tensor {
+        self.embeddings.forward(input_ids, positions, pass)
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

@@ -45,10 +45,13 @@ impl Embeddings {
         }
     }
 
-    fn forward(&self, input_ids: &Tensor, pass: Pass) -> Tensor {
+    fn forward(&self, input_ids: &Tensor, positions: Option<&Tensor>, pass: Pass) -> Tensor {
         let (_, t) = input_ids.size2().expect("input_ids is (B, T)");
         let words = Tensor::embedding(&self.word_embeddings, input_ids, -1, false, false); // (B, T, H)
-        let x = words + self.position_embeddings.narrow(0, 0, t); // (B, T, H)
+        let x = match positions {
+            Some(p) => words + Tensor::embedding(&self.position_embeddings, p, -1, false, false),
+            None => words + self.position_embeddings.narrow(0, 0, t),
+        }; // (B, T, H)
         pass.dropout(&self.layer_norm.forward(&x), self.dropout)
     }
 }
@@ -92,8 +95,8 @@ impl DistilBertForMaskedLm {
 }
 
 impl MaskedLm for DistilBertForMaskedLm {
-    fn embed(&self, input_ids: &Tensor, pass: Pass) -> Tensor {
-        self.embeddings.forward(input_ids, pass)
+    fn embed(&self, input_ids: &Tensor, positions: Option<&Tensor>, pass: Pass) -> Tensor {
+        self.embeddings.forward(input_ids, positions, pass)
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder

@@ -133,12 +133,12 @@ pub fn activation(name: &str, x: &Tensor) -> Tensor {
     }
 }
 
-/// Which keys each query may see: all of them (packed data), or the real
-/// tokens of its sequence.
+/// Which keys each query may see: all of them (packed data), the real
+/// tokens of its sequence, or those of its document.
 pub enum KeyMask {
     All,
-    /// `keep`: (B, 1, 1, T) bool, true at real tokens; `bias`: 0 there, -1e30
-    /// elsewhere, added to the scores where attention is written out.
+    /// `keep`: (B, 1, 1|T, T) bool, true at the keys a query sees; `bias`: 0
+    /// there, -1e30 elsewhere, added to the scores where attention is written out.
     Padding { keep: Tensor, bias: Tensor },
 }
 
@@ -155,6 +155,15 @@ impl KeyMask {
         if may_read && keep.all().int64_value(&[]) == 1 {
             return KeyMask::All;
         }
+        Self::keeping(keep)
+    }
+
+    /// The mask of a row of several documents (`MlmBatch::documents`).
+    pub fn within_documents(attention_mask: &Tensor, documents: &Tensor) -> Self {
+        Self::keeping(crate::documents::keys_within(attention_mask, documents))
+    }
+
+    fn keeping(keep: Tensor) -> Self {
         let bias = keep.logical_not().to_kind(Kind::Float) * -1e30;
         KeyMask::Padding { keep, bias }
     }
@@ -362,26 +371,28 @@ impl Encoder {
 /// RoBERTa, DistilBERT): the passes they share. Every such model is a
 /// [`crate::model::Network`].
 pub trait MaskedLm {
-    /// The embeddings' output (B, T, H), dropout included.
-    fn embed(&self, input_ids: &Tensor, pass: Pass) -> Tensor;
+    /// The embeddings' output (B, T, H), dropout included. `positions` (B, T):
+    /// each token's position in its document, when rows hold several.
+    fn embed(&self, input_ids: &Tensor, positions: Option<&Tensor>, pass: Pass) -> Tensor;
     fn encoder(&self) -> &Encoder;
     fn head(&self) -> &LmHead;
     /// The word embedding matrix (V, H), the head's tied decoder.
     fn word_embeddings(&self) -> &Tensor;
 
-    /// Encoder output (B, T, H).
-    fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, mode: Mode) -> Tensor {
+    /// Encoder output (B, T, H); `documents` as in `MlmBatch`.
+    fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, documents: Option<&Tensor>, mode: Mode) -> Tensor {
         let rng = masks_of(mode);
-        let (pass, mask) = (Pass { train: mode.is_train(), rng: &rng }, KeyMask::new(attention_mask, mode.is_train()));
-        self.encoder().layers.iter().fold(self.embed(input_ids, pass), |x, layer| layer.forward(&x, &mask, pass))
+        let pass = Pass { train: mode.is_train(), rng: &rng };
+        let (x, mask) = self.embed_and_mask(input_ids, attention_mask, documents, pass);
+        self.encoder().layers.iter().fold(x, |x, layer| layer.forward(&x, &mask, pass))
     }
 
     /// Encoder output at the flat positions `at` only (N, H); the last layer
     /// runs past attention on those rows alone.
-    fn encode_at(&self, input_ids: &Tensor, attention_mask: &Tensor, at: &Tensor, mode: Mode) -> Tensor {
+    fn encode_at(&self, input_ids: &Tensor, attention_mask: &Tensor, documents: Option<&Tensor>, at: &Tensor, mode: Mode) -> Tensor {
         let rng = masks_of(mode);
-        let (pass, mask) = (Pass { train: mode.is_train(), rng: &rng }, KeyMask::new(attention_mask, mode.is_train()));
-        let mut x = self.embed(input_ids, pass);
+        let pass = Pass { train: mode.is_train(), rng: &rng };
+        let (mut x, mask) = self.embed_and_mask(input_ids, attention_mask, documents, pass);
         let Some((last, first)) = self.encoder().layers.split_last() else {
             let h = *x.size().last().expect("hidden has a last dim");
             return x.reshape([-1, h]).index_select(0, at);
@@ -390,6 +401,19 @@ pub trait MaskedLm {
             x = layer.forward(&x, &mask, pass);
         }
         last.forward_at(&x, &mask, at, pass)
+    }
+
+    /// The embeddings and the keys each query sees: within its document, with positions
+    /// counted in it, when rows hold several.
+    fn embed_and_mask(&self, input_ids: &Tensor, attention_mask: &Tensor, documents: Option<&Tensor>, pass: Pass) -> (Tensor, KeyMask) {
+        match documents {
+            None => (self.embed(input_ids, None, pass), KeyMask::new(attention_mask, pass.train)),
+            Some(docs) => {
+                let (_, t) = input_ids.size2().expect("input_ids is (B, T)");
+                let positions = crate::documents::positions(t, Some(docs), input_ids.device());
+                (self.embed(input_ids, Some(&positions), pass), KeyMask::within_documents(attention_mask, docs))
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! What the encoder model plugins (`bert`, `roberta`, `distilbert`) share: the
 //! layers and the masked-LM pass (`layers.rs`), keyed dropout (`dropout.rs`),
+//! rows of several documents (`documents.rs`),
 //! the BERT-style `config.json` (`config.rs`, which RoBERTa's also is), the
 //! matching of checkpoint tensors and the safetensors export (`weights.rs`),
 //! the variables as parameters (`store.rs`), and the `MlmModel` contract
@@ -8,6 +9,7 @@
 //! An rlib, not a plugin: each model plugin links it and declares itself.
 
 pub mod config;
+pub mod documents;
 pub mod dropout;
 pub mod layers;
 pub mod model;

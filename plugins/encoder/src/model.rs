@@ -8,7 +8,7 @@
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use runner_api::{MlmBatch, MlmModel, MlmOutput, Mode, ModelInfo, Parameter, IGNORE_INDEX};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
@@ -71,23 +71,17 @@ pub trait Network {
 
 impl<T: MaskedLm> Network for T {
     fn encode(&self, x: &Inputs, mode: Mode) -> Result<Tensor> {
-        refuse_documents(x)?;
-        Ok(MaskedLm::encode(self, x.input_ids, x.attention_mask, mode))
+        Ok(MaskedLm::encode(self, x.input_ids, x.attention_mask, x.documents, mode))
     }
     fn encode_at(&self, x: &Inputs, at: &Tensor, mode: Mode) -> Result<Tensor> {
-        refuse_documents(x)?;
-        Ok(MaskedLm::encode_at(self, x.input_ids, x.attention_mask, at, mode))
+        Ok(MaskedLm::encode_at(self, x.input_ids, x.attention_mask, x.documents, at, mode))
     }
     fn predict(&self, h: &Tensor) -> Tensor {
         self.head().forward(h, self.word_embeddings())
     }
-}
-
-fn refuse_documents(x: &Inputs) -> Result<()> {
-    if x.documents.is_some() {
-        bail!("this model does not keep attention within documents (data.document_attention)");
+    fn reads_documents(&self) -> bool {
+        true
     }
-    Ok(())
 }
 
 /// What a model family gives the shared implementation.

@@ -17,6 +17,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use runner_encoder::documents::{keys_within, with_self_if_empty};
 use runner_encoder::layers::Pass;
 
 /// Rotary position embeddings of one layer type: `cos` and `sin` (1 or B, T, head_dim).
@@ -45,18 +46,6 @@ impl Rotary {
         let (cos, sin) = (self.cos.unsqueeze(1), self.sin.unsqueeze(1)); // (.., 1, T, hd)
         (x * cos + rotated * sin).to_kind(kind)
     }
-}
-
-/// Each token's position: its index in the row, or in its document when rows
-/// hold several. (1, T) or (B, T) int64.
-pub fn positions(t: i64, documents: Option<&Tensor>, device: Device) -> Tensor {
-    let index = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0); // (1, T)
-    let Some(docs) = documents else { return index };
-    let index = index.expand_as(docs);
-    // A document starts where the number changes; each token counts from the last start.
-    let previous = Tensor::cat(&[docs.narrow(1, 0, 1) - 1, docs.narrow(1, 0, t - 1)], 1);
-    let starts = index.where_self(&docs.ne_tensor(&previous), &index.zeros_like());
-    &index - starts.cummax(1).0
 }
 
 /// How a local layer lays out its work.
@@ -94,7 +83,7 @@ impl Visibility {
         };
         // Without documents every query sees its row's real keys: no row is empty.
         let global = match documents {
-            Some(_) => Some(with_self_if_empty(&keys, &Tensor::eye(t, (Kind::Bool, device)))),
+            Some(docs) => Some(keys_within(attention_mask, docs)),
             None => (!all_real).then(|| keys.shallow_clone()),
         };
         let chunk = half;
@@ -153,13 +142,6 @@ impl Visibility {
             }
         }
     }
-}
-
-/// `allowed` with each query that sees no key given itself (`own`: where a
-/// query meets its own key, broadcast against `allowed`).
-fn with_self_if_empty(allowed: &Tensor, own: &Tensor) -> Tensor {
-    let empty = allowed.any_dim(-1, true).logical_not();
-    allowed.logical_or(&own.logical_and(&empty))
 }
 
 /// softmax(q kᵀ / √d) v over the `allowed` keys. Training with attention
@@ -225,12 +207,5 @@ mod tests {
             let gap = (ours - want).abs().max().double_value(&[]);
             assert!(gap < 1e-10, "T {t}, half {half}, documents {with_docs}: {gap}");
         }
-    }
-
-    #[test]
-    fn positions_restart_at_each_document() {
-        let docs = Tensor::from_slice2(&[[0i64, 0, 0, 1, 1, 2, -1, -1], [0, 0, 0, 0, 0, 0, 0, 0]]);
-        let got = Vec::<i64>::try_from(&positions(8, Some(&docs), Device::Cpu).flatten(0, -1)).unwrap();
-        assert_eq!(got, [0, 1, 2, 0, 1, 0, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7]);
     }
 }

@@ -21,7 +21,9 @@ use runner_api::Mode;
 use runner_encoder::layers::{activation, masks_of, LayerNorm, Linear, Pass, NO_DECAY};
 use runner_encoder::model::{Inputs, Network};
 
-use crate::attention::{positions, Rotary, Visibility};
+use runner_encoder::documents::positions;
+
+use crate::attention::{Rotary, Visibility};
 use crate::config::ModernBertConfig;
 
 /// transformers' initialisation: a normal of `std` truncated at

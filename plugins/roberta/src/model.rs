@@ -50,9 +50,14 @@ impl RobertaEmbeddings {
         }
     }
 
-    fn forward(&self, input_ids: &Tensor, pass: Pass) -> Tensor {
+    /// `in_document`: each token's position in its document, when rows hold several.
+    fn forward(&self, input_ids: &Tensor, in_document: Option<&Tensor>, pass: Pass) -> Tensor {
         let words = Tensor::embedding(&self.word_embeddings, input_ids, -1, false, false); // (B, T, H)
-        let positions = position_ids(input_ids, self.padding_idx); // (B, T)
+        let positions = match in_document {
+            // As fairseq counts them, from padding_idx + 1 in each document; padding_idx at padding.
+            Some(p) => (p + self.padding_idx + 1).where_scalarother(&input_ids.ne(self.padding_idx), self.padding_idx),
+            None => position_ids(input_ids, self.padding_idx),
+        }; // (B, T)
         let positions = Tensor::embedding(&self.position_embeddings, &positions, -1, false, false); // (B, T, H)
         // token_type_ids are all zero for single-segment MLM.
         let x = words + self.token_type_embeddings.get(0) + positions; // transformers' order of sums
@@ -93,8 +98,8 @@ impl RobertaForMaskedLm {
 }
 
 impl MaskedLm for RobertaForMaskedLm {
-    fn embed(&self, input_ids: &Tensor, pass: Pass) -> Tensor {
-        self.embeddings.forward(input_ids, pass)
+    fn embed(&self, input_ids: &Tensor, positions: Option<&Tensor>, pass: Pass) -> Tensor {
+        self.embeddings.forward(input_ids, positions, pass)
     }
     fn encoder(&self) -> &Encoder {
         &self.encoder
