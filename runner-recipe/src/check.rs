@@ -220,6 +220,7 @@ pub fn values(raw: &RawRecipe, p: &mut Problems) -> Checked {
             Warmup::Ratio(t.warmup_ratio)
         }
     };
+    probability(p, "training.decay_ratio", t.decay_ratio);
     if let Some(c) = t.max_grad_norm {
         p.check(c > 0.0 && !c.is_nan(), "training.max_grad_norm", || {
             format!("must be positive (or null for no clipping), got {c}")

@@ -212,6 +212,9 @@ pub enum Schedule {
     Linear,
     Cosine,
     Constant,
+    /// Trapezoidal, as ModernBERT was trained: constant after warmup, then a
+    /// 1 - sqrt decay to zero over the last `decay_ratio` of the steps.
+    WarmupStableDecay,
 }
 
 /// `training:` optimizer, schedule, length and device.
@@ -237,6 +240,9 @@ pub struct TrainingSection {
     pub schedule: Schedule,
     pub warmup_steps: Option<u64>,
     pub warmup_ratio: f64,
+    /// With `schedule: warmup_stable_decay`: the share of the steps, at the
+    /// end, over which the learning rate decays to zero.
+    pub decay_ratio: f64,
     /// Global gradient-norm clip; `null` turns clipping off.
     pub max_grad_norm: Option<f64>,
     /// Log a train-loss row every this many steps.
@@ -308,6 +314,7 @@ impl Default for TrainingSection {
             schedule: Schedule::Linear,
             warmup_steps: None,
             warmup_ratio: 0.0,
+            decay_ratio: 0.1,
             max_grad_norm: Some(1.0),
             log_every: 10,
             distributed: DistributedSection::default(),

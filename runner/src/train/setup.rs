@@ -216,7 +216,13 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
     let mut trainer = Trainer {
         settings: Settings {
             seed: recipe.raw.run.seed,
-            schedule: LrSchedule { kind: t.schedule, peak: t.lr, warmup, total: total_steps },
+            schedule: LrSchedule {
+                kind: t.schedule,
+                peak: t.lr,
+                warmup,
+                total: total_steps,
+                decay: (t.decay_ratio * total_steps as f64).round() as u64,
+            },
             grad_accum: t.grad_accum_steps as u64,
             global_batch,
             max_grad_norm: t.max_grad_norm,
