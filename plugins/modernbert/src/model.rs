@@ -43,7 +43,7 @@ fn truncated_normal(p: &nn::Path, name: &str, shape: &[i64], std: f64, cutoff: f
             }
             x = x.clamp(-bound, bound);
         }
-        let _ = var.shallow_clone().copy_(&x);
+        var.shallow_clone().copy_(&x);
     });
     var
 }
