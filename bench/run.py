@@ -213,20 +213,21 @@ def startup_seconds(args, docs, start):
 
 
 def line_by_line(args, start, steps=15, warmup=3):
-    """Runner tokens/s on WikiText-2 lines (line_by_line examples), with and without
-    group_by_length; real (unpadded) tokens only."""
+    """Runner tokens/s on WikiText-2 lines (line_by_line examples), in random batches,
+    with group_by_length, and packed into rows with document attention; real
+    (unpadded) tokens only."""
     wiki = os.path.join(ROOT, "../shared/data/wikitext-2-raw/wiki.test.raw")
     if not os.path.isfile(wiki):
         return None
     import csv
 
     out = {}
-    for grouped in (False, True):
+    for kind, data in (("plain", ""), ("grouped", ", group_by_length: true"), ("documents", ", document_attention: true")):
         recipe = runner_recipe(args, {"train": wiki, "eval": wiki}, f"{{checkpoint: {start}}}", 32, warmup + steps, "fp32",
-                               name="lines", data=f", examples: line_by_line, group_by_length: {str(grouped).lower()}")
+                               name="lines", data=f", examples: line_by_line{data}")
         run_child([RUNNER, "run", recipe, "--overwrite"])
         rows = [r for r in csv.DictReader(open(os.path.join(args.tmp, "lines/metrics.csv"))) if r["train_loss"] and int(r["step"]) > warmup]
-        out["grouped" if grouped else "plain"] = statistics.median(float(r["tokens_per_s"]) for r in rows)
+        out[kind] = statistics.median(float(r["tokens_per_s"]) for r in rows)
     return out
 
 
@@ -306,7 +307,8 @@ def table(results):
     if results.get("line_by_line"):
         lbl = results["line_by_line"]
         lines += ["", f"Runner on WikiText-2 test lines (line_by_line, batch 32, fp32, real tokens/s, median step): "
-                      f"{lbl['plain']:.0f} in random batches, {lbl['grouped']:.0f} with group_by_length ({lbl['grouped'] / lbl['plain']:.2f}x)"]
+                      f"{lbl['plain']:.0f} in random batches, {lbl['grouped']:.0f} with group_by_length ({lbl['grouped'] / lbl['plain']:.2f}x)"
+                      + (f", {lbl['documents']:.0f} packed into rows with document_attention ({lbl['documents'] / lbl['plain']:.2f}x)" if "documents" in lbl else "")]
     if results.get("data_parallel"):
         dp = results["data_parallel"]
         one, many = dp["1"], dp[str(max(int(k) for k in dp))]
@@ -356,6 +358,7 @@ def main():
     ap.add_argument("--roberta-base", action="store_true")
     ap.add_argument("--modernbert", action="store_true")
     ap.add_argument("--skip-extras", action="store_true", help="only the model rows: no start-up, line-by-line or data-parallel figures")
+    ap.add_argument("--skip-minilm", action="store_true", help="leave out the MiniLM-L6 rows (with --modernbert and friends)")
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="MiniLM-L6 precisions to run (bf16 is emulated, and slow, on CPUs without bf16 units)")
     ap.add_argument("--name", default="latest", help="results go to bench/results/NAME.{json,md,png}")
@@ -390,7 +393,7 @@ def main():
         run_child([sys.executable, PEERS, "--make-start", start, "--model", MODEL, "--tokenizer", MODEL])
         cfg = json.load(open(os.path.join(MODEL, "config.json")))
         # (name, peer model, config, batch, runner model section, warm-up steps, measured steps)
-        configs = [("minilm-l6", start, cfg, 32, f"{{checkpoint: {start}}}", args.warmup, args.steps, SEQ)]
+        configs = [] if args.skip_minilm else [("minilm-l6", start, cfg, 32, f"{{checkpoint: {start}}}", args.warmup, args.steps, SEQ)]
         if args.bert_base:
             base = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
                     "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 2}

@@ -44,9 +44,11 @@ pub fn stats(args: &RecipeArgs) -> Result<()> {
     let (r, store, vocab) = store(args)?;
     let train = Examples::new(store.train.clone(), r.examples, r.max_seq_len, r.raw.data.document_attention, &vocab);
     let eval = Examples::new(store.eval.clone(), r.examples, r.max_seq_len, r.raw.data.document_attention, &vocab);
-    let what = match r.examples {
-        ExampleMode::Packed => format!("packed blocks of {} tokens", r.max_seq_len),
-        ExampleMode::LineByLine => format!("line examples of at most {} tokens", r.max_seq_len),
+    let what = match (r.examples, r.raw.data.document_attention) {
+        (ExampleMode::Packed, false) => format!("packed blocks of {} tokens", r.max_seq_len),
+        (ExampleMode::LineByLine, false) => format!("line examples of at most {} tokens", r.max_seq_len),
+        (ExampleMode::Packed, true) => format!("rows of {} tokens of framed documents, attention within each", r.max_seq_len),
+        (ExampleMode::LineByLine, true) => format!("rows of at most {} tokens of whole framed lines, attention within each", r.max_seq_len),
     };
     print!("{}", stats::report(&store, &train, &eval, &what));
     Ok(())
