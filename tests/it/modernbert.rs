@@ -66,3 +66,36 @@ fn modernbert_dropout_matches_transformers_in_distribution() {
     let eval = tch::no_grad(|| model.forward_mlm(&batch, Mode::Eval).unwrap().loss.double_value(&[]));
     assert!((eval - e["loss"].double_value(&[0])).abs() < 1e-4, "eval mode has no dropout: {eval}");
 }
+
+/// The released checkpoints' config.json form (`global_attn_every_n_layers`,
+/// `global_rope_theta`, `local_rope_theta`; no `layer_types`, no
+/// `rope_parameters`) builds the same model as the newer form the fixture has.
+#[test]
+fn modernbert_reads_the_released_config_form() {
+    let e = MODERNBERT.expected();
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(MODERNBERT.path().join(f), tmp.path().join(f)).unwrap();
+    }
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(MODERNBERT.path().join("config.json")).unwrap()).unwrap();
+    let c = config.as_object_mut().unwrap();
+    let thetas = c.remove("rope_parameters").unwrap();
+    c.remove("layer_types");
+    c.insert("global_rope_theta".into(), thetas["full_attention"]["rope_theta"].clone());
+    c.insert("local_rope_theta".into(), thetas["sliding_attention"]["rope_theta"].clone());
+    c.insert("reference_compile".into(), true.into());
+    std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
+    let options = serde_yaml::Mapping::new();
+    let source = ModelSource { checkpoint: Some(tmp.path()), options: &options, device: Device::Cpu, compute: Kind::Float };
+    let model = runner::components::model(&plugins(), "modernbert", &source).unwrap();
+    let logits = tch::no_grad(|| model.logits(&e["input_ids"], &e["attention_mask"]).unwrap());
+    let gap = max_abs_diff(&logits, &e["logits"]);
+    assert!(gap < 1e-4, "the released config form gives logits {gap} away");
+    // Its export keeps the released keys and adds the newer ones transformers 5 writes.
+    let out = tmp.path().join("export");
+    model.save_pretrained(&out).unwrap();
+    let exported: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(exported["reference_compile"], true);
+    assert_eq!(exported["global_rope_theta"], 160000.0);
+    assert_eq!(exported["layer_types"], serde_json::json!(["full_attention", "sliding_attention", "sliding_attention"]));
+}
