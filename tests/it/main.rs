@@ -19,6 +19,7 @@ mod family_runs;
 mod gpu_script;
 mod hub;
 mod keyed_dropout;
+mod memory;
 mod parity;
 mod plugins;
 mod probe;
