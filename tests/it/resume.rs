@@ -278,3 +278,99 @@ fn a_second_signal_stops_at_once_and_says_so() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// The tiny recipe on copies of the toy corpus and the tiny model (under
+/// `out`), 10 steps, a checkpoint every 5; `command` then its arguments.
+fn copied_inputs_args(command: &str, out: &Path) -> Vec<String> {
+    let corpus = out.join("corpus.txt");
+    let model = out.join("model");
+    if !model.exists() {
+        std::fs::copy(crate::common::root().join("tests/fixtures/toy-corpus.txt"), &corpus).unwrap();
+        std::fs::create_dir(&model).unwrap();
+        for f in std::fs::read_dir(tiny_bert()).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+        }
+    }
+    let sets = [
+        format!("run.output_dir={}", out.display()),
+        "run.name=r".into(),
+        format!("data.train={}", corpus.display()),
+        format!("model.checkpoint={}", model.display()),
+        "training.max_steps=10".into(),
+        "training.checkpoint.every=5".into(),
+        "eval.every=5".into(),
+        "data.cache=false".into(),
+    ];
+    let mut a = vec![command.to_string(), "tests/recipes/tiny.yaml".into()];
+    for s in sets {
+        a.extend(["--set".to_string(), s]);
+    }
+    a
+}
+
+/// A run of `copied_inputs_args` stopped as if killed after its step-5 checkpoint.
+fn run_stopped_after_step_5(out: &Path) -> PathBuf {
+    let o = finish(&copied_inputs_args("run", out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = out.join("r");
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    std::fs::remove_dir_all(run.join("checkpoint")).unwrap();
+    std::fs::remove_dir_all(run.join("checkpoints/step-10")).unwrap();
+    run
+}
+
+/// The files of a run folder with their bytes, but its lock (none should be left).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                all.push((e.path(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
+/// What a run read besides its recipe is recorded at its start: a corpus
+/// edited in place, or a key of the model's config.json that changes training
+/// (its dropout), refuses the resume (exit 2) naming what changed and how to go
+/// on, and leaves the run as it was; a corpus only touched (same text) resumes
+/// with a warning.
+#[test]
+fn a_resume_after_the_corpus_or_the_model_config_changed_is_refused_naming_it() {
+    let out = tempfile::tempdir().unwrap();
+    let run = run_stopped_after_step_5(out.path());
+    let resume = ["resume".to_string(), run.display().to_string()];
+    let before = snapshot(&run);
+    let corpus = out.path().join("corpus.txt");
+    let text = std::fs::read_to_string(&corpus).unwrap();
+
+    // The corpus edited in place.
+    std::fs::write(&corpus, text.replace("cat", "dog")).unwrap();
+    let o = finish(&resume);
+    assert_error(&o, 2, &["cannot resume from the checkpoint after step 5", "corpus.txt", "start a new run"]);
+    assert_eq!(snapshot(&run), before, "nothing in the run changed");
+    assert!(!out.path().join(".r.lock").exists());
+
+    // Put back with a new modification time: the same examples, so it resumes.
+    std::fs::write(&corpus, &text).unwrap();
+    // The model's dropout changed in its config.json.
+    let config = out.path().join("model/config.json");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, original.replace("\"hidden_dropout_prob\": 0.0", "\"hidden_dropout_prob\": 0.2")).unwrap();
+    let o = finish(&resume);
+    assert_error(&o, 2, &["cannot resume from the checkpoint after step 5", "config.json", "hidden_dropout_prob (0.0 -> 0.2)"]);
+    assert_eq!(snapshot(&run), before, "nothing in the run changed");
+
+    std::fs::write(&config, original).unwrap();
+    let o = finish(&resume);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resuming after step 5") && err.contains("the same examples"), "{err}");
+}

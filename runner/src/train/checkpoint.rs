@@ -11,6 +11,8 @@
 //!   `(seed, index)`; the half-filled log window; the metric rows so far; AdamW's
 //!   step count; the steps skipped under fp16), with the global batch's shape
 //!   (micro-batch x accumulation x processes);
+//!   and what the run read besides its recipe ([`Inputs`]: the token store, the
+//!   tokenizer files, the model's `config.json`), compared on resume;
 //! - `recipe.yaml`: the resolved recipe the run was started with;
 //! - `manifest.json`: each file's size and SHA-256, written last.
 //!
@@ -32,6 +34,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
+use super::inputs::Inputs;
 use super::state::StateDict;
 
 /// The folder of a run that holds its checkpoints.
@@ -65,6 +68,9 @@ pub struct SavedState {
     pub global_batch: GlobalBatch,
     /// [`StateDict::values`]: one entry per part of the state.
     pub state: Map<String, Value>,
+    /// What the run read besides its recipe (none in checkpoints written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Inputs>,
 }
 
 impl SavedState {
@@ -101,19 +107,20 @@ pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
     run_dir.join(DIR).join(format!("step-{step}"))
 }
 
-/// Writes the checkpoint of `model` and `state` (after the state's step) and
-/// prunes older ones beyond `keep`. Returns its folder.
+/// Writes the checkpoint of `model` and `state` (after the state's step), with
+/// the run's recipe and inputs, and prunes older ones beyond `keep`. Returns its folder.
 pub fn save(
     run_dir: &Path,
     model: &[(String, Tensor)],
     state: &StateDict,
     global_batch: GlobalBatch,
     recipe: &str,
+    inputs: Option<&Inputs>,
     keep: usize,
 ) -> Result<PathBuf> {
     let root = run_dir.join(DIR);
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let saved = SavedState { format: FORMAT, global_batch, state: state.values.clone() };
+    let saved = SavedState { format: FORMAT, global_batch, state: state.values.clone(), inputs: inputs.cloned() };
     let step = saved.step();
     let tmp = root.join(format!(".step-{step}.tmp-{}", std::process::id()));
     if tmp.exists() {
@@ -312,7 +319,7 @@ mod tests {
     fn saves_verifies_loads_and_prunes() {
         let run = tempfile::tempdir().unwrap();
         for step in [2, 4, 6] {
-            save(run.path(), &tensors(), &state(step), BATCH, "run: {}\n", 2).unwrap();
+            save(run.path(), &tensors(), &state(step), BATCH, "run: {}\n", None, 2).unwrap();
         }
         let steps: Vec<u64> = listed(&run.path().join(DIR)).unwrap().into_iter().map(|(s, _)| s).collect();
         assert_eq!(steps, vec![4, 6], "only the newest two are kept");
@@ -329,8 +336,8 @@ mod tests {
     #[test]
     fn a_damaged_or_incomplete_checkpoint_is_skipped() {
         let run = tempfile::tempdir().unwrap();
-        save(run.path(), &tensors(), &state(1), BATCH, "a\n", 3).unwrap();
-        save(run.path(), &tensors(), &state(2), BATCH, "a\n", 3).unwrap();
+        save(run.path(), &tensors(), &state(1), BATCH, "a\n", None, 3).unwrap();
+        save(run.path(), &tensors(), &state(2), BATCH, "a\n", None, 3).unwrap();
         // Step 2's weights lose a byte: step 1 is the newest complete one.
         let model = step_dir(run.path(), 2).join(MODEL);
         let bytes = std::fs::read(&model).unwrap();

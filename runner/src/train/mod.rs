@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod events;
+pub mod inputs;
 pub mod optimizer;
 pub mod resume;
 pub mod run_dir;

@@ -50,6 +50,8 @@ pub struct Settings {
     pub checkpoint_keep: usize,
     /// The resolved recipe, saved with each checkpoint.
     pub recipe_yaml: String,
+    /// What the run read besides the recipe, saved with each checkpoint.
+    pub inputs: super::inputs::Inputs,
     /// What to type to continue the run, shown when it is stopped.
     pub resume_command: String,
     pub device: tch::Device,
@@ -386,7 +388,7 @@ impl Trainer {
         let model: Vec<(String, tch::Tensor)> = self.model.parameters()?.into_iter().map(|p| (p.name, p.tensor)).collect();
         let state = self.state.state_dict()?;
         let s = &self.settings;
-        let dir = checkpoint::save(&self.folder.path, &model, &state, s.global_batch, &s.recipe_yaml, s.checkpoint_keep)?;
+        let dir = checkpoint::save(&self.folder.path, &model, &state, s.global_batch, &s.recipe_yaml, Some(&s.inputs), s.checkpoint_keep)?;
         self.folder.discard_aside();
         tracing::info!("checkpoint after step {} written to {} in {:.1}s", self.state.progress.step, dir.display(), t.elapsed().as_secs_f64());
         Ok(dir)
