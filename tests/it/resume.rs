@@ -374,3 +374,84 @@ fn a_resume_after_the_corpus_or_the_model_config_changed_is_refused_naming_it() 
     assert!(o.status.success(), "{err}");
     assert!(err.contains("resuming after step 5") && err.contains("the same examples"), "{err}");
 }
+
+/// The tiny recipe on a wider model (BERT-base's width, three narrow layers:
+/// a step long enough for a signal to land inside it), 4 steps, an eval every
+/// 2, a row every step, no checkpoint unless stopped.
+fn wide_args(command: &str, out: &Path, name: &str) -> Vec<String> {
+    let tokenizer = format!("tokenizer.path={}", tiny_bert().join("tokenizer.json").display());
+    let sets = [
+        format!("run.name={name}"),
+        "training.max_steps=4".into(),
+        "eval.every=2".into(),
+        "training.checkpoint.every=0".into(),
+        "data.holdout=0.5".into(),
+        "model.checkpoint=null".into(),
+        "model.options.preset=bert-base".into(),
+        "model.options.config.num_hidden_layers=3".into(),
+        "model.options.config.intermediate_size=768".into(),
+        tokenizer,
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    [command.to_string()].into_iter().chain(dropout_args(out, &sets)).collect()
+}
+
+/// The rows of a run's metrics.csv: (step, whether it has an eval value).
+fn rows(run: &Path) -> Vec<(u64, bool)> {
+    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap_or_default();
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else { return Vec::new() };
+    let eval = header.split(',').position(|c| c == "eval_loss").unwrap();
+    lines.map(|l| l.split(',').collect::<Vec<_>>()).map(|c| (c[0].parse().unwrap(), !c[eval].is_empty())).collect()
+}
+
+/// Starts a wide run, sends SIGINT `after` once `ready` says so (given the
+/// rows so far), and returns the step the run says it stopped after.
+fn interrupt_when(out: &Path, name: &str, after: Duration, ready: impl Fn(&[(u64, bool)]) -> bool) -> u64 {
+    let run = out.join(name);
+    let mut child = start(&wide_args("run", out, name));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready(&rows(&run)) {
+        assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "the run ended before it was signalled");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(after);
+    signal(child.id(), libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    err.split("stopped by SIGINT after step ").nth(1).and_then(|t| t.split(';').next()?.trim().parse().ok()).unwrap_or_else(|| panic!("{err}"))
+}
+
+/// A SIGINT stops the run at the end of the step it lands in: no further
+/// step, no eval that step did not start, the checkpoint written; the resumed
+/// run (which first does the eval the stopped one skipped) ends bit for bit
+/// as one never stopped.
+#[test]
+fn a_sigint_during_a_step_stops_at_its_end_and_resumes_exactly() {
+    let out = tempfile::tempdir().unwrap();
+    let o = finish(&wide_args("run", out.path(), "reference"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = out.path().join("reference");
+
+    // Landing in step 2's forward pass (step 1's row is written, and step 1 ends
+    // soon after it; step 2, which has an eval due, takes longer than the wait).
+    let stopped = interrupt_when(out.path(), "in-step", Duration::from_millis(100), |r| r.iter().any(|&(s, _)| s == 1));
+    let run = out.path().join("in-step");
+    assert_eq!(stopped, 2, "stopped after the step the signal came in");
+    assert_eq!(rows(&run).last(), Some(&(2, false)), "no further step, and step 2's eval not run");
+    assert!(run.join("checkpoints/step-2/manifest.json").is_file());
+    let o = finish(&["resume".to_string(), run.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("step 2: accuracy"), "the eval step 2 owed comes first:\n{}", stderr(&o));
+    assert_same_run(&reference, &run, EXACT);
+
+    // Landing in step 2's eval (its row is written, the eval runs after it).
+    let stopped = interrupt_when(out.path(), "in-eval", Duration::ZERO, |r| r.iter().any(|&(s, _)| s == 2));
+    let run = out.path().join("in-eval");
+    assert_eq!(stopped, 2, "stopped after the eval the signal came in");
+    assert_eq!(rows(&run).last(), Some(&(2, true)), "the eval it was in finished, no further step");
+    let o = finish(&["resume".to_string(), run.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_run(&reference, &run, EXACT);
+}

@@ -196,12 +196,16 @@ impl Trainer {
         bar.set_position(first);
         let stop = StopRequests::install()?;
         let mut eval_seconds = 0.0;
-        if self.settings.eval_at_start && first == 0 {
+        // The eval at step 0, or the one a run stopped at the end of step `first`
+        // (before its eval) still owes: done now, as the uninterrupted run did it then.
+        let owed = first > 0 && (first == total || self.settings.eval_every > 0 && first % self.settings.eval_every == 0);
+        let owed = owed && !self.state.progress.rows.last().is_some_and(|r| r.step == first && !r.eval.is_empty());
+        if (self.settings.eval_at_start && first == 0) || owed {
             let t = Instant::now();
-            let shown = self.eval_row(0, 0.0)?;
+            let shown = self.eval_row(first, 0.0)?;
             eval_seconds += t.elapsed().as_secs_f64();
             self.state.progress.stats.eval_seconds += t.elapsed().as_secs_f64();
-            bar.suspend(|| tracing::info!("step 0: {shown}"));
+            bar.suspend(|| tracing::info!("step {first}: {shown}"));
         }
         // Training time of the current log window; eval time is kept out of it.
         let (mut window_secs, mut window_start) = (0.0, Instant::now());
@@ -282,8 +286,14 @@ impl Trainer {
                 self.state.progress.window.steps += 1;
             }
             bar.set_position(done);
+            // A stop asked for during this step ends the run after it, before its eval.
+            // Several processes decide it together, in the step's all-reduce (a signal
+            // that comes after it is seen at the next step); one process also sees a
+            // signal that came after that point, up to now.
+            let asked = if world == 1 { asked.or(stop.received()) } else { asked };
+            let stopping = stops > 0.0 || asked.is_some();
             let due = self.settings.eval_every > 0 && done % self.settings.eval_every == 0;
-            let checkpoint_due = stops > 0.0 || (self.settings.checkpoint_every > 0 && done % self.settings.checkpoint_every == 0);
+            let checkpoint_due = stopping || (self.settings.checkpoint_every > 0 && done % self.settings.checkpoint_every == 0);
             if done % self.settings.log_every == 0 || done == total || due || checkpoint_due {
                 self.settle(&mut unread)?;
             }
@@ -314,8 +324,8 @@ impl Trainer {
                 window_secs = 0.0;
                 window_start = Instant::now();
             }
-            // 6. eval (always at the end)
-            if due || done == total {
+            // 6. eval (always at the end), unless stopping: a resume does it first
+            if (due || done == total) && !stopping {
                 window_secs += window_start.elapsed().as_secs_f64();
                 let t = Instant::now();
                 let shown = self.eval_row(done, started.elapsed().as_secs_f64())?;
@@ -324,12 +334,16 @@ impl Trainer {
                 bar.suspend(|| tracing::info!("step {done}: {shown}"));
                 window_start = Instant::now();
             }
+            // A signal during this step's eval stops the run after it (one process).
+            let asked = if world == 1 { asked.or(stop.received()) } else { asked };
+            let stopping = stopping || asked.is_some();
             // 7. checkpoint: when due, or when a signal asked to stop
-            if checkpoint_due {
+            if checkpoint_due || stopping {
+                self.settle(&mut unread)?;
                 window_secs += window_start.elapsed().as_secs_f64();
                 let saved = if self.is_main() { Some(bar.suspend(|| self.save_checkpoint())?) } else { None };
                 window_start = Instant::now();
-                if stops > 0.0 {
+                if stopping {
                     bar.abandon();
                     // The signal this process got; another process's when it got none.
                     let signal = asked.unwrap_or(if interrupts > 0.0 { libc::SIGINT } else { libc::SIGTERM });
