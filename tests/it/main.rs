@@ -24,5 +24,6 @@ mod parity;
 mod plugins;
 mod probe;
 mod resume;
+mod space;
 mod sweep;
 mod tensorboard;

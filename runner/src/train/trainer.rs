@@ -12,7 +12,7 @@
 //! a data-parallel run (every process must learn each step whether to stop).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -180,8 +180,27 @@ impl Trainer {
         Ok(())
     }
 
-    /// Trains from the state's step to the last one.
+    /// Trains from the state's step to the last one. An error that stops it
+    /// (a full disk, a lost peer) says which checkpoint the run keeps.
     pub fn fit(&mut self) -> Result<()> {
+        self.fit_steps().map_err(|e| {
+            let said = e.downcast_ref::<Interrupted>().is_some() || e.downcast_ref::<NonFinite>().is_some();
+            if said || !self.is_main() {
+                return e;
+            }
+            let step = self.state.progress.step;
+            match checkpoint::newest_complete(&self.folder.path).ok().flatten() {
+                Some(dir) => e.context(format!(
+                    "the run stopped after step {step}; its newest complete checkpoint, {}, is kept ({} continues from it)",
+                    dir.display(),
+                    self.settings.resume_command
+                )),
+                None => e.context(format!("the run stopped after step {step}, with no complete checkpoint")),
+            }
+        })
+    }
+
+    fn fit_steps(&mut self) -> Result<()> {
         let started = Instant::now();
         let device = self.settings.device;
         let (rank, world, accum) = (self.collective.rank() as u64, self.world(), self.settings.grad_accum);
@@ -399,13 +418,19 @@ impl Trainer {
     /// Writes `checkpoints/step-N/` for the current state (first process only).
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let t = Instant::now();
-        let model: Vec<(String, tch::Tensor)> = self.model.parameters()?.into_iter().map(|p| (p.name, p.tensor)).collect();
-        let state = self.state.state_dict()?;
-        let s = &self.settings;
-        let dir = checkpoint::save(&self.folder.path, &model, &state, s.global_batch, &s.recipe_yaml, Some(&s.inputs), s.checkpoint_keep)?;
+        let dir = self.save_checkpoint_into(&self.folder.path.clone())?;
         self.folder.discard_aside();
         tracing::info!("checkpoint after step {} written to {} in {:.1}s", self.state.progress.step, dir.display(), t.elapsed().as_secs_f64());
         Ok(dir)
+    }
+
+    /// Writes `<root>/checkpoints/step-N/` for the current state: the run
+    /// folder's, or a spare one when that has no room ([`super::export`]).
+    pub fn save_checkpoint_into(&self, root: &Path) -> Result<PathBuf> {
+        let model: Vec<(String, tch::Tensor)> = self.model.parameters()?.into_iter().map(|p| (p.name, p.tensor)).collect();
+        let state = self.state.state_dict()?;
+        let s = &self.settings;
+        checkpoint::save(root, &model, &state, s.global_batch, &s.recipe_yaml, Some(&s.inputs), s.checkpoint_keep)
     }
 
     /// Takes the parameters and state of a checkpoint (whose recipe [`resume::check`] accepted).
@@ -460,12 +485,12 @@ impl Trainer {
             shown += &format!(" and {} more", docs.len() - SHOWN);
         }
         let last = checkpoint::newest_complete(&self.folder.path).ok().flatten();
-        anyhow::anyhow!(
+        NonFinite::error(format!(
             "training loss became {loss} at step {}; last good checkpoint: {}; the step's batches came from training documents {shown} \
              (counted from 0 in corpus order, held-out documents left out); lower training.lr, set training.max_grad_norm, or check that text",
             step + 1,
             last.map_or_else(|| "none (training.checkpoint.every)".to_string(), |d| d.display().to_string()),
-        )
+        ))
     }
 
     /// Sums a few numbers over every process (itself alone with one process).
@@ -479,3 +504,21 @@ impl Trainer {
         Ok(summed.try_into().expect("same length"))
     }
 }
+
+/// A loss that is not a number: its message already names the checkpoint kept.
+#[derive(Debug)]
+struct NonFinite(String);
+
+impl NonFinite {
+    fn error(message: String) -> anyhow::Error {
+        anyhow::Error::new(NonFinite(message))
+    }
+}
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NonFinite {}
