@@ -217,7 +217,7 @@ impl Trainer {
         let mut eval_seconds = 0.0;
         // The eval at step 0, or the one a run stopped at the end of step `first`
         // (before its eval) still owes: done now, as the uninterrupted run did it then.
-        let owed = first > 0 && (first == total || self.settings.eval_every > 0 && first % self.settings.eval_every == 0);
+        let owed = first > 0 && (first == total || (self.settings.eval_every > 0 && first % self.settings.eval_every == 0));
         let owed = owed && !self.state.progress.rows.last().is_some_and(|r| r.step == first && !r.eval.is_empty());
         if (self.settings.eval_at_start && first == 0) || owed {
             let t = Instant::now();
