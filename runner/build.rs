@@ -1,6 +1,7 @@
 //! The runner's build script: the rpath every libtorch-linking crate gets; the
 //! small C++ shims compiled against the libtorch headers tch builds with
-//! (`cpp/autocast.cpp`: libtorch's autocast; `cpp/c10d.cpp`: c10d's TCPStore,
+//! (`cpp/autocast.cpp`: libtorch's autocast; `cpp/c10_log.cpp`: c10's log level and
+//! stack traces; `cpp/c10d.cpp`: c10d's TCPStore,
 //! Gloo and the collectives); and, when the torch wheel has CUDA,
 //! `librunner_nccl.so` in `OUT_DIR` (`cpp/nccl.cpp`: the NCCL process group,
 //! kept out of the binary so CPU runs never load libtorch_cuda.so), whose path
@@ -28,6 +29,7 @@ fn main() {
             .compile(name);
     };
     shim("runner_autocast", "cpp/autocast.cpp");
+    shim("runner_c10_log", "cpp/c10_log.cpp");
     // Gloo's headers (Debian libgloo-dev) are in the compiler's default path.
     shim("runner_c10d", "cpp/c10d.cpp");
     // The test binary links plugin crates as rlibs (parity and probe tests call them
@@ -37,7 +39,7 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", libtorch.join("lib").display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
-    for f in ["cpp/autocast.cpp", "cpp/c10d.cpp", "cpp/c10d.h", "cpp/nccl.cpp"] {
+    for f in ["cpp/autocast.cpp", "cpp/c10_log.cpp", "cpp/c10d.cpp", "cpp/c10d.h", "cpp/nccl.cpp"] {
         println!("cargo:rerun-if-changed={f}");
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH");

@@ -17,6 +17,7 @@
 
 pub mod guard;
 pub mod plugin;
+pub mod text;
 pub mod words;
 pub mod wrap;
 

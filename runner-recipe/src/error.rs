@@ -46,9 +46,20 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 
 /// The one message printed for an error: its context chain, without the C++
 /// stack frames libtorch appends to its exceptions ("Exception raised from ...",
-/// "frame #0: ..."), which say nothing to a user.
+/// "frame #0: ..."), which say nothing to a user, and without a cause that
+/// only repeats the message before it (an I/O error wrapped by a library that
+/// prints its source: "I/O error: No space left on device (os error 28): No
+/// space left on device (os error 28)").
 pub fn render(err: &anyhow::Error) -> String {
-    let full = format!("{err:#}");
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|p| p.contains(text.trim())) {
+            continue;
+        }
+        parts.push(text);
+    }
+    let full = parts.join(": ");
     let mut out: Vec<&str> = Vec::new();
     for line in full.lines() {
         let t = line.trim_start();
@@ -76,5 +87,18 @@ mod tests {
         .context("model `bert`: logits");
         let shown = render(&e);
         assert_eq!(shown, "model `bert`: logits: index out of range in self");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("I/O error: {0}")]
+    struct Wrapping(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_that_repeats_its_wrapper_is_said_once() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let e = anyhow::Error::new(Wrapping(full)).context("cannot write /data/run/model.safetensors");
+        assert_eq!(format!("{e:#}").matches("No space left on device").count(), 2);
+        let shown = render(&e);
+        assert_eq!(shown, "cannot write /data/run/model.safetensors: I/O error: No space left on device (os error 28)");
     }
 }

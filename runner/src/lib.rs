@@ -12,6 +12,7 @@
 //!   [`report::table`] and [`report::plot`].
 
 pub mod autocast;
+pub mod c10_log;
 pub mod cli;
 pub mod components;
 pub mod data;

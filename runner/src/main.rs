@@ -20,6 +20,8 @@ fn main() -> ExitCode {
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!("error: internal error{at}: {what}");
     }));
+    // No C++ stack in libtorch's error texts, before anything can make one.
+    runner::c10_log::init();
     let cli = runner::cli::Cli::parse();
     runner::cli::init_logging(cli.verbose);
     match runner::cli::dispatch(cli) {

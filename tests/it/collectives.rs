@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use runner::distributed::{Backend, Collective, ProcessGroup, World};
 use tch::{Kind, Tensor};
 
-use crate::common::{assert_error, free_port, runner, runner_command, signal, stderr, stdout};
+use crate::common::{assert_error, assert_no_cpp_frames, free_port, runner, runner_command, signal, stderr, stdout};
 
 const ROLE: &str = "DIST_TEST_ROLE";
 
@@ -29,7 +29,13 @@ fn peer_test() -> String {
 
 /// Starts this test binary as rank `rank` of two, playing `role`.
 fn start_peer(role: &str, rank: usize, port: u16) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+    peer_command(role, rank, port).spawn().unwrap()
+}
+
+/// This test binary as rank `rank` of two, playing `role`, not yet started.
+fn peer_command(role: &str, rank: usize, port: u16) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c
         .arg(peer_test())
         .args(["--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env(ROLE, role)
@@ -40,9 +46,8 @@ fn start_peer(role: &str, rank: usize, port: u16) -> Child {
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    c
 }
 
 fn both(out: &Output) -> String {
@@ -55,6 +60,14 @@ fn both(out: &Output) -> String {
 fn peer() {
     let Ok(role) = std::env::var(ROLE) else { return };
     let world = World::from_env().unwrap().expect("started with torchrun's variables");
+    if role == "alone" {
+        // No peer comes: the error and how long forming the group took, on stdout.
+        let timeout = Duration::from_millis(std::env::var("DIST_TEST_TIMEOUT_MS").unwrap().parse().unwrap());
+        let start = Instant::now();
+        let err = ProcessGroup::new(&world, Backend::Gloo, timeout).err().expect("no peer: no group");
+        println!("took_ms={}\n{err:#}", start.elapsed().as_millis());
+        return;
+    }
     let group = ProcessGroup::new(&world, Backend::Gloo, Duration::from_secs(30)).unwrap();
     let rank = group.rank() as f64;
     assert_eq!((group.rank(), group.world_size()), (world.rank, 2));
@@ -139,22 +152,22 @@ fn a_vanished_peer_is_an_error_not_a_hang() {
     assert!(r0.status.success(), "rank 0:\n{}", both(&r0));
     let out = stdout(&r0);
     assert!(out.contains("all_reduce_sum failed on rank 0 of 2 (gloo)"), "{out}");
+    assert_no_cpp_frames(&both(&r0));
+    assert_no_cpp_frames(&both(&r1));
     assert!(start.elapsed() < Duration::from_secs(40), "took {:?}", start.elapsed());
 }
 
-/// Rank `rank` of two, alone: its peer never comes.
-fn alone(rank: usize, timeout: Duration) -> (String, Duration) {
-    let world = World {
-        rank,
-        world_size: 2,
-        local_rank: rank,
-        local_world_size: 2,
-        master_addr: "127.0.0.1".into(),
-        master_port: free_port(),
-    };
-    let start = Instant::now();
-    let err = ProcessGroup::new(&world, Backend::Gloo, timeout).err().expect("no peer: no group");
-    (format!("{err:#}"), start.elapsed())
+/// Rank `rank` of two, alone in a process of its own: its peer never comes.
+/// Returns the error, how long forming the group took and the process's stderr.
+fn alone(rank: usize, timeout: Duration) -> (String, Duration, String) {
+    let o = peer_command("alone", rank, free_port())
+        .env("DIST_TEST_TIMEOUT_MS", timeout.as_millis().to_string())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "rank {rank}:\n{}", both(&o));
+    let out = stdout(&o);
+    let took = out.split("took_ms=").nth(1).and_then(|t| t.lines().next()?.parse().ok()).unwrap_or_else(|| panic!("{out}"));
+    (out, Duration::from_millis(took), stderr(&o))
 }
 
 #[test]
@@ -162,11 +175,15 @@ fn a_rank_whose_peer_never_comes_fails_within_its_timeout() {
     let timeout = Duration::from_secs(3);
     // Rank 0 serves the store and waits for rank 1; rank 1 finds no store.
     for rank in [0, 1] {
-        let (err, took) = alone(rank, timeout);
+        let (err, took, log) = alone(rank, timeout);
         assert!(took >= Duration::from_millis(2500), "rank {rank} gave up after {took:?}: {err}");
         assert!(took < timeout + Duration::from_secs(15), "rank {rank} took {took:?}: {err}");
         let expected = format!("rank {rank} of 2 could not form the gloo process group at 127.0.0.1:");
         assert!(err.contains(&expected) && err.contains("timeout 3s") && err.contains("TCPStore"), "{err}");
+        // c10d's own retry and timeout lines (each with libtorch's C++ stack)
+        // say what the error says: nothing of them reaches stderr.
+        assert_no_cpp_frames(&log);
+        assert!(!log.contains("[c10d]"), "rank {rank}: {log}");
     }
 }
 
@@ -311,6 +328,7 @@ fn launch_names_the_rank_whose_worker_was_killed_and_stops_the_others() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("error: rank 1 was killed by signal 9 (SIGKILL); the other workers were stopped"), "{err}");
+    assert_no_cpp_frames(&err);
 }
 
 #[test]
@@ -334,6 +352,7 @@ fn launch_passes_on_the_failing_workers_exit_code() {
     assert!(err.contains("[rank 0] error:") && err.contains("already holds results"), "{err}");
     assert!(err.contains("stderr:\n  error:"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    assert_no_cpp_frames(&err);
 }
 
 #[test]
@@ -366,6 +385,7 @@ fn launch_forwards_ctrl_c_and_exits_130() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert_no_cpp_frames(&err);
 }
 
 #[test]

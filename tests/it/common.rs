@@ -115,6 +115,13 @@ pub fn assert_error(o: &Output, code: i32, needles: &[&str]) {
     }
 }
 
+/// Asserts that `text` (a process's stderr) holds none of libtorch's C++
+/// stack: no `frame #N` lines and no "Exception raised from" headers, whether
+/// from an error's text or from c10's own logging.
+pub fn assert_no_cpp_frames(text: &str) {
+    assert!(!text.contains("frame #") && !text.contains("Exception raised from"), "libtorch's C++ stack reached stderr:\n{text}");
+}
+
 /// Builds a plugin crate outside the workspace with cargo (into
 /// target/plugin-tests, shared by every test that builds one); returns the
 /// folder holding its library.

@@ -278,3 +278,180 @@ fn a_second_signal_stops_at_once_and_says_so() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// The tiny recipe on copies of the toy corpus and the tiny model (under
+/// `out`), 10 steps, a checkpoint every 5; `command` then its arguments.
+fn copied_inputs_args(command: &str, out: &Path) -> Vec<String> {
+    let corpus = out.join("corpus.txt");
+    let model = out.join("model");
+    if !model.exists() {
+        std::fs::copy(crate::common::root().join("tests/fixtures/toy-corpus.txt"), &corpus).unwrap();
+        std::fs::create_dir(&model).unwrap();
+        for f in std::fs::read_dir(tiny_bert()).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+        }
+    }
+    let sets = [
+        format!("run.output_dir={}", out.display()),
+        "run.name=r".into(),
+        format!("data.train={}", corpus.display()),
+        format!("model.checkpoint={}", model.display()),
+        "training.max_steps=10".into(),
+        "training.checkpoint.every=5".into(),
+        "eval.every=5".into(),
+        "data.cache=false".into(),
+    ];
+    let mut a = vec![command.to_string(), "tests/recipes/tiny.yaml".into()];
+    for s in sets {
+        a.extend(["--set".to_string(), s]);
+    }
+    a
+}
+
+/// A run of `copied_inputs_args` stopped as if killed after its step-5 checkpoint.
+fn run_stopped_after_step_5(out: &Path) -> PathBuf {
+    let o = finish(&copied_inputs_args("run", out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = out.join("r");
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    std::fs::remove_dir_all(run.join("checkpoint")).unwrap();
+    std::fs::remove_dir_all(run.join("checkpoints/step-10")).unwrap();
+    run
+}
+
+/// The files of a run folder with their bytes, but its lock (none should be left).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                all.push((e.path(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
+/// What a run read besides its recipe is recorded at its start: a corpus
+/// edited in place, or a key of the model's config.json that changes training
+/// (its dropout), refuses the resume (exit 2) naming what changed and how to go
+/// on, and leaves the run as it was; a corpus only touched (same text) resumes
+/// with a warning.
+#[test]
+fn a_resume_after_the_corpus_or_the_model_config_changed_is_refused_naming_it() {
+    let out = tempfile::tempdir().unwrap();
+    let run = run_stopped_after_step_5(out.path());
+    let resume = ["resume".to_string(), run.display().to_string()];
+    let before = snapshot(&run);
+    let corpus = out.path().join("corpus.txt");
+    let text = std::fs::read_to_string(&corpus).unwrap();
+
+    // The corpus edited in place.
+    std::fs::write(&corpus, text.replace("cat", "dog")).unwrap();
+    let o = finish(&resume);
+    assert_error(&o, 2, &["cannot resume from the checkpoint after step 5", "corpus.txt", "start a new run"]);
+    assert_eq!(snapshot(&run), before, "nothing in the run changed");
+    assert!(!out.path().join(".r.lock").exists());
+
+    // Put back with a new modification time: the same examples, so it resumes.
+    std::fs::write(&corpus, &text).unwrap();
+    // The model's dropout changed in its config.json.
+    let config = out.path().join("model/config.json");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, original.replace("\"hidden_dropout_prob\": 0.0", "\"hidden_dropout_prob\": 0.2")).unwrap();
+    let o = finish(&resume);
+    assert_error(&o, 2, &["cannot resume from the checkpoint after step 5", "config.json", "hidden_dropout_prob (0.0 -> 0.2)"]);
+    assert_eq!(snapshot(&run), before, "nothing in the run changed");
+
+    std::fs::write(&config, original).unwrap();
+    let o = finish(&resume);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resuming after step 5") && err.contains("the same examples"), "{err}");
+}
+
+/// The tiny recipe on a wider model (BERT-base's width, three narrow layers:
+/// a step long enough for a signal to land inside it), 4 steps, an eval every
+/// 2, a row every step, no checkpoint unless stopped.
+fn wide_args(command: &str, out: &Path, name: &str) -> Vec<String> {
+    let tokenizer = format!("tokenizer.path={}", tiny_bert().join("tokenizer.json").display());
+    let sets = [
+        format!("run.name={name}"),
+        "training.max_steps=4".into(),
+        "eval.every=2".into(),
+        "training.checkpoint.every=0".into(),
+        "data.holdout=0.5".into(),
+        "model.checkpoint=null".into(),
+        "model.options.preset=bert-base".into(),
+        "model.options.config.num_hidden_layers=3".into(),
+        "model.options.config.intermediate_size=768".into(),
+        tokenizer,
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    [command.to_string()].into_iter().chain(dropout_args(out, &sets)).collect()
+}
+
+/// The rows of a run's metrics.csv: (step, whether it has an eval value).
+fn rows(run: &Path) -> Vec<(u64, bool)> {
+    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap_or_default();
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else { return Vec::new() };
+    let eval = header.split(',').position(|c| c == "eval_loss").unwrap();
+    lines.map(|l| l.split(',').collect::<Vec<_>>()).map(|c| (c[0].parse().unwrap(), !c[eval].is_empty())).collect()
+}
+
+/// Starts a wide run, sends SIGINT `after` once `ready` says so (given the
+/// rows so far), and returns the step the run says it stopped after.
+fn interrupt_when(out: &Path, name: &str, after: Duration, ready: impl Fn(&[(u64, bool)]) -> bool) -> u64 {
+    let run = out.join(name);
+    let mut child = start(&wide_args("run", out, name));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready(&rows(&run)) {
+        assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "the run ended before it was signalled");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(after);
+    signal(child.id(), libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    err.split("stopped by SIGINT after step ").nth(1).and_then(|t| t.split(';').next()?.trim().parse().ok()).unwrap_or_else(|| panic!("{err}"))
+}
+
+/// A SIGINT stops the run at the end of the step it lands in: no further
+/// step, no eval that step did not start, the checkpoint written; the resumed
+/// run (which first does the eval the stopped one skipped) ends bit for bit
+/// as one never stopped.
+#[test]
+fn a_sigint_during_a_step_stops_at_its_end_and_resumes_exactly() {
+    let out = tempfile::tempdir().unwrap();
+    let o = finish(&wide_args("run", out.path(), "reference"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = out.path().join("reference");
+
+    // Landing in step 2's forward pass (step 1's row is written, and step 1 ends
+    // soon after it; step 2, which has an eval due, takes longer than the wait).
+    let stopped = interrupt_when(out.path(), "in-step", Duration::from_millis(100), |r| r.iter().any(|&(s, _)| s == 1));
+    let run = out.path().join("in-step");
+    assert_eq!(stopped, 2, "stopped after the step the signal came in");
+    assert_eq!(rows(&run).last(), Some(&(2, false)), "no further step, and step 2's eval not run");
+    assert!(run.join("checkpoints/step-2/manifest.json").is_file());
+    let o = finish(&["resume".to_string(), run.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("step 2: accuracy"), "the eval step 2 owed comes first:\n{}", stderr(&o));
+    assert_same_run(&reference, &run, EXACT);
+
+    // Landing in step 2's eval (its row is written, the eval runs after it).
+    let stopped = interrupt_when(out.path(), "in-eval", Duration::ZERO, |r| r.iter().any(|&(s, _)| s == 2));
+    let run = out.path().join("in-eval");
+    assert_eq!(stopped, 2, "stopped after the eval the signal came in");
+    assert_eq!(rows(&run).last(), Some(&(2, true)), "the eval it was in finished, no further step");
+    let o = finish(&["resume".to_string(), run.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_run(&reference, &run, EXACT);
+}

@@ -138,6 +138,11 @@ pub fn write(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         .collect::<Result<_>>()?;
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
     safetensors::tensor::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), metadata, path)
+        .map_err(|e| match e {
+            // The I/O error alone: the wrapper's text repeats it.
+            safetensors::SafeTensorError::IoError(io) => anyhow::Error::new(io),
+            other => anyhow::Error::new(other),
+        })
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

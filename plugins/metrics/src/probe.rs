@@ -2,7 +2,8 @@
 //! labelled task, measured at every eval beside the MLM loss.
 //!
 //! Once per run ([`Metric::prepare`]) the train and eval JSONL files are read
-//! and tokenized (`[CLS] text [SEP]`, truncated). At each eval the encoder's
+//! and tokenized (`[CLS] text [SEP]`, truncated; a long text is cut before it
+//! is tokenized: [`first_ids`]). At each eval the encoder's
 //! hidden states of every example are pooled (`cls`: the first position;
 //! `mean`: the mean over real tokens), standardised with the train features'
 //! mean and standard deviation, and a multinomial logistic regression
@@ -181,6 +182,23 @@ pub fn check(o: &Options) -> Result<()> {
 }
 
 /// `[CLS] ids [SEP]`, the text cut to fit `max_len`.
+/// At least the first `n` token ids of `text` (all of them if it has fewer),
+/// tokenizing only as much of it as that takes: a prefix of `32 n` bytes (at
+/// least 1 KiB) cut before a space (`runner_api::text::cut`, so its ids are the
+/// whole text's first ones), doubled while it gives fewer than `n` ids. An
+/// example of 20 MB took 3 GB tokenized whole, for 64 ids.
+fn first_ids(tokenizer: &dyn Tokenize, text: &str, n: usize) -> Result<Vec<i64>> {
+    let mut max = n.saturating_mul(32).max(1024);
+    loop {
+        let end = runner_api::text::cut(text, max);
+        let ids = tokenizer.encode(&text[..end])?;
+        if ids.len() >= n || end == text.len() {
+            return Ok(ids);
+        }
+        max = max.saturating_mul(2);
+    }
+}
+
 fn with_specials(ids: Vec<i64>, vocab: &VocabInfo, max_len: usize) -> Vec<i64> {
     let mut seq = Vec::with_capacity(ids.len().min(max_len - 2) + 2);
     seq.push(vocab.cls_id);
@@ -303,7 +321,7 @@ impl Metric for Probe {
         };
         let task = self.opts.task()?;
         let encode = |l: &Labelled| -> Result<Vec<Vec<i64>>> {
-            l.texts.iter().map(|t| Ok(with_specials(tokenizer.encode(t)?, vocab, max_len))).collect()
+            l.texts.iter().map(|t| Ok(with_specials(first_ids(tokenizer, t, max_len - 2)?, vocab, max_len))).collect()
         };
         self.train_ids = encode(&task.train)?;
         self.eval_ids = encode(&task.eval)?;
@@ -341,6 +359,33 @@ pub fn build(o: &Options) -> Result<Box<dyn Metric>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One id per whitespace-separated word (its length), noting the longest
+    /// text it was given.
+    struct Words(std::cell::Cell<usize>);
+
+    impl Tokenize for Words {
+        fn encode(&self, text: &str) -> Result<Vec<i64>> {
+            self.0.set(self.0.get().max(text.len()));
+            Ok(text.split_whitespace().map(|w| w.len() as i64).collect())
+        }
+    }
+
+    #[test]
+    fn a_long_text_is_cut_before_it_is_tokenized_and_keeps_its_first_ids() {
+        let text: String = (0..200_000).map(|i| format!("w{} ", "x".repeat(i % 7))).collect();
+        let whole = Words(0.into()).encode(&text).unwrap();
+        for n in [1, 62, 510] {
+            let words = Words(0.into());
+            let ids = first_ids(&words, &text, n).unwrap();
+            assert_eq!(ids[..n], whole[..n], "n = {n}");
+            assert!(words.0.get() <= (n * 32).max(1024), "tokenized {} bytes for {n} ids", words.0.get());
+        }
+        // Leading whitespace that gives no ids: the prefix grows until it does.
+        let spaced = format!("{}a b c", " ".repeat(100_000));
+        assert_eq!(first_ids(&Words(0.into()), &spaced, 2).unwrap(), [1, 1, 1]);
+        assert_eq!(first_ids(&Words(0.into()), "short text", 100).unwrap(), [5, 4]);
+    }
 
     fn options(yaml: &str) -> Options {
         serde_yaml::from_str(yaml).unwrap()

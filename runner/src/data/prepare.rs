@@ -192,16 +192,13 @@ fn read_chunks(dataset: &dyn Dataset, paths: &[PathBuf], tx: &std::sync::mpsc::S
     }
 }
 
-/// Token ids of each line of each document, in parallel over lines.
+/// Token ids of each line of each document, in parallel over lines (and over
+/// the pieces of a long line).
 fn tokenize_documents(docs: &[Document], tok: &Tokenizer) -> Result<Vec<Vec<Vec<u32>>>> {
     docs.par_iter()
         .map(|doc| {
             doc.par_iter()
-                .map(|line| {
-                    tok.encode_fast(line.as_str(), false)
-                        .map(|e| e.get_ids().to_vec())
-                        .map_err(|e| anyhow::anyhow!("tokenizer failed on a line: {e}"))
-                })
+                .map(|line| super::tokenizer::ids(tok, line).context("tokenizer failed on a line"))
                 .collect::<Result<Vec<Vec<u32>>>>()
         })
         .collect()

@@ -1,7 +1,7 @@
 //! A checkpoint's tokenizer (`tokenizer.json`, any kind: WordPiece, byte-level
 //! BPE, SentencePiece) and what the masker needs to know about its vocabulary:
 //! the special tokens, named by the tokenizer's own files, and how its pieces
-//! mark word boundaries.
+//! mark word boundaries; [`ids`]: a text's ids, a long text a piece at a time.
 
 use std::path::Path;
 
@@ -10,6 +10,8 @@ use serde_json::Value;
 use tokenizers::models::ModelWrapper;
 use tokenizers::Tokenizer;
 
+use rayon::prelude::*;
+use runner_api::text::{self, PIECE_BYTES};
 use runner_api::{SpecialIds, Tokenize, VocabInfo, WordMarks};
 
 use crate::error::user_msg;
@@ -190,12 +192,59 @@ fn word_marks(json: &Value) -> WordMarks {
     WordMarks::EveryToken
 }
 
+/// The token ids of `text` without special tokens. A text longer than
+/// [`PIECE_BYTES`] is tokenized a piece at a time (`runner_api::text`: cut
+/// before a space, so the ids are the whole text's), in parallel, in memory
+/// bounded by the piece, not the text: a corpus that is one 50 MB line took
+/// over 5 GB tokenized whole.
+pub fn ids(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    ids_in_pieces(tok, text, PIECE_BYTES)
+}
+
+fn ids_in_pieces(tok: &Tokenizer, text: &str, max: usize) -> Result<Vec<u32>> {
+    let one = |piece: &str| {
+        tok.encode_fast(piece, false).map(|e| e.get_ids().to_vec()).map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))
+    };
+    if text.len() <= max {
+        return one(text);
+    }
+    let pieces: Vec<&str> = text::pieces(text, max).collect();
+    let ids = pieces.par_iter().map(|p| one(p)).collect::<Result<Vec<_>>>()?;
+    Ok(ids.concat())
+}
+
 /// The tokenizer as metrics see it ([`Tokenize`]): ids without special tokens.
 pub struct Encoder<'a>(pub &'a Tokenizer);
 
 impl Tokenize for Encoder<'_> {
     fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        let enc = self.0.encode(text, false).map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
-        Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+        Ok(ids(self.0, text)?.into_iter().map(i64::from).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shipped family's tokenizer gives a text cut into small pieces
+    /// the ids it gives the whole text: cased and lowercased words,
+    /// punctuation, digits, runs of spaces and tabs, accents, CJK, emoji.
+    #[test]
+    fn a_text_in_pieces_has_the_ids_of_the_whole() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let corpus = std::fs::read_to_string(fixtures.join("toy-corpus.txt")).unwrap();
+        let mut text = corpus.lines().take(60).collect::<Vec<_>>().join(" ");
+        text.push_str(
+            "  Hello,   WORLD!\tit's 2026-12-03; don't  \t stop. Café naïve résumé — «quoted» \
+             日本語のテキスト です 😀😀 x1000 antidisestablishmentarianism [MASK] <mask>  end",
+        );
+        for family in ["tiny-bert", "tiny-roberta", "tiny-xlm-roberta", "tiny-distilbert"] {
+            let tok = load(&fixtures.join(family).join("tokenizer.json")).unwrap();
+            let whole = tok.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+            for max in [29, 64, 301] {
+                assert_eq!(ids_in_pieces(&tok, &text, max).unwrap(), whole, "{family}, pieces of {max} bytes");
+            }
+            assert_eq!(ids(&tok, &text).unwrap(), whole, "{family}");
+        }
     }
 }

@@ -4,9 +4,11 @@
 //! is destroyed when dropped. NCCL's constructor lives in
 //! `librunner_nccl.so` (built into the build script's `OUT_DIR`, or copied
 //! next to the binary), loaded only when NCCL is asked for, since it pulls in
-//! libtorch_cuda.
+//! libtorch_cuda. While a group forms c10's logging is held back
+//! (`c10_log::quiet`), so a failed rendezvous is the runner's one message.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::ptr;
 use std::sync::OnceLock;
@@ -160,6 +162,16 @@ impl ProcessGroup {
         let rank = world.rank as c_int;
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX).max(1);
         let host = CString::new(world.master_addr.as_str()).map_err(|_| anyhow!("MASTER_ADDR contains a NUL byte"))?;
+        // c10d would retry a name that does not resolve until the timeout.
+        if let Err(e) = (world.master_addr.as_str(), world.master_port).to_socket_addrs() {
+            return Err(crate::error::user_msg(format!(
+                "MASTER_ADDR {} does not resolve to an address ({e}); set it to the first node's address",
+                world.master_addr
+            )))
+            .with_context(context);
+        }
+        // c10d logs every failed attempt (to stderr, before the runner's one message).
+        let _quiet = crate::c10_log::quiet();
         // Load NCCL's library before anything connects, so that a missing
         // library fails fast on every rank.
         let nccl_new = match backend {

@@ -11,6 +11,8 @@
 //!   `(seed, index)`; the half-filled log window; the metric rows so far; AdamW's
 //!   step count; the steps skipped under fp16), with the global batch's shape
 //!   (micro-batch x accumulation x processes);
+//!   and what the run read besides its recipe ([`Inputs`]: the token store, the
+//!   tokenizer files, the model's `config.json`), compared on resume;
 //! - `recipe.yaml`: the resolved recipe the run was started with;
 //! - `manifest.json`: each file's size and SHA-256, written last.
 //!
@@ -32,6 +34,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
+use super::inputs::Inputs;
 use super::state::StateDict;
 
 /// The folder of a run that holds its checkpoints.
@@ -65,6 +68,9 @@ pub struct SavedState {
     pub global_batch: GlobalBatch,
     /// [`StateDict::values`]: one entry per part of the state.
     pub state: Map<String, Value>,
+    /// What the run read besides its recipe (none in checkpoints written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Inputs>,
 }
 
 impl SavedState {
@@ -101,38 +107,65 @@ pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
     run_dir.join(DIR).join(format!("step-{step}"))
 }
 
-/// Writes the checkpoint of `model` and `state` (after the state's step) and
-/// prunes older ones beyond `keep`. Returns its folder.
+/// Writes the checkpoint of `model` and `state` (after the state's step), with
+/// the run's recipe and inputs, and prunes older ones beyond `keep`. Returns its folder.
 pub fn save(
     run_dir: &Path,
     model: &[(String, Tensor)],
     state: &StateDict,
     global_batch: GlobalBatch,
     recipe: &str,
+    inputs: Option<&Inputs>,
     keep: usize,
 ) -> Result<PathBuf> {
     let root = run_dir.join(DIR);
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let saved = SavedState { format: FORMAT, global_batch, state: state.values.clone() };
+    let saved = SavedState { format: FORMAT, global_batch, state: state.values.clone(), inputs: inputs.cloned() };
     let step = saved.step();
     let tmp = root.join(format!(".step-{step}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
     }
-    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let dir = step_dir(run_dir, step);
+    // A checkpoint that cannot be completed (a full disk) leaves nothing behind:
+    // neither its temporary folder nor a step folder without a manifest.
+    let written = write_folder(&root, &tmp, &dir, step, model, state, &saved, recipe);
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dir.join(MANIFEST).is_file() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    written?;
+    prune(&root, keep)?;
+    Ok(dir)
+}
+
+/// Writes the checkpoint's files into `tmp`, renames it to `dir` and completes it.
+#[allow(clippy::too_many_arguments)]
+fn write_folder(
+    root: &Path,
+    tmp: &Path,
+    dir: &Path,
+    step: u64,
+    model: &[(String, Tensor)],
+    state: &StateDict,
+    saved: &SavedState,
+    recipe: &str,
+) -> Result<()> {
+    std::fs::create_dir(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     write_tensors(model, &tmp.join(MODEL))?;
     write_tensors(&state.tensors, &tmp.join(TENSORS))?;
-    write_file(&tmp.join(STATE), serde_json::to_string_pretty(&saved)?.as_bytes())?;
+    write_file(&tmp.join(STATE), serde_json::to_string_pretty(saved)?.as_bytes())?;
     write_file(&tmp.join(RECIPE), recipe.as_bytes())?;
-    sync_dir(&tmp)?;
+    sync_dir(tmp)?;
 
-    let dir = step_dir(run_dir, step);
     if dir.exists() {
         // The same step saved before (a resumed run stopped again at once).
-        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
     }
-    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
-    sync_dir(&root)?;
+    std::fs::rename(tmp, dir).with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
+    sync_dir(root)?;
 
     // Complete only now: the manifest, through its own temporary name.
     let mut files = BTreeMap::new();
@@ -142,10 +175,7 @@ pub fn save(
     let manifest = serde_json::to_string_pretty(&Manifest { step, files })?;
     runner_recipe::fs::atomic_write_bytes(&dir.join(MANIFEST), manifest.as_bytes())
         .with_context(|| format!("cannot complete {}", dir.display()))?;
-    sync_dir(&dir)?;
-
-    prune(&root, keep)?;
-    Ok(dir)
+    sync_dir(dir)
 }
 
 /// The newest checkpoint of the run whose manifest verifies; each one that
@@ -250,13 +280,52 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
+/// Writes `tensors` as safetensors (read back by `Tensor::read_safetensors`)
+/// with the `safetensors` crate, not tch's writer, whose error for a failed
+/// write is one string holding the path twice and the I/O error's debug form.
 fn write_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     let cpu: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.f_detach()?.f_to_device(tch::Device::Cpu)?.f_contiguous()?)))
         .collect::<Result<_>>()?;
-    Tensor::write_safetensors(&cpu, path).with_context(|| format!("cannot write {}", path.display()))?;
+    let views = cpu
+        .iter()
+        .map(|(n, t)| Ok((n.as_str(), view_of(t).with_context(|| format!("tensor {n}"))?)))
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::tensor::serialize_to_file(views, None, path)
+        .map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(io) => anyhow::Error::new(io),
+            other => anyhow::Error::new(other),
+        })
+        .with_context(|| format!("cannot write {}", path.display()))?;
     sync_file(path)
+}
+
+/// The bytes of a contiguous CPU tensor as a safetensors view (borrowed from it).
+fn view_of(t: &Tensor) -> Result<safetensors::tensor::TensorView<'_>> {
+    use safetensors::Dtype;
+    let dtype = match t.kind() {
+        tch::Kind::Float => Dtype::F32,
+        tch::Kind::Double => Dtype::F64,
+        tch::Kind::Half => Dtype::F16,
+        tch::Kind::BFloat16 => Dtype::BF16,
+        tch::Kind::Int64 => Dtype::I64,
+        tch::Kind::Int => Dtype::I32,
+        tch::Kind::Int16 => Dtype::I16,
+        tch::Kind::Int8 => Dtype::I8,
+        tch::Kind::Uint8 => Dtype::U8,
+        tch::Kind::Bool => Dtype::BOOL,
+        other => bail!("{other:?} tensors are not saved in checkpoints"),
+    };
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let len = t.numel() * t.kind().elt_size_in_bytes();
+    let data: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: `t` is a contiguous CPU tensor of `len` bytes that outlives the view.
+        unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) }
+    };
+    Ok(safetensors::tensor::TensorView::new(dtype, shape, data)?)
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -312,7 +381,7 @@ mod tests {
     fn saves_verifies_loads_and_prunes() {
         let run = tempfile::tempdir().unwrap();
         for step in [2, 4, 6] {
-            save(run.path(), &tensors(), &state(step), BATCH, "run: {}\n", 2).unwrap();
+            save(run.path(), &tensors(), &state(step), BATCH, "run: {}\n", None, 2).unwrap();
         }
         let steps: Vec<u64> = listed(&run.path().join(DIR)).unwrap().into_iter().map(|(s, _)| s).collect();
         assert_eq!(steps, vec![4, 6], "only the newest two are kept");
@@ -327,10 +396,27 @@ mod tests {
     }
 
     #[test]
+    fn tensors_of_every_saved_kind_read_back_as_written() {
+        let run = tempfile::tempdir().unwrap();
+        let base = Tensor::from_slice(&[1.5f64, -2.0, 0.0, 3.25]).reshape([2, 2]);
+        let kinds = [tch::Kind::Float, tch::Kind::Double, tch::Kind::Half, tch::Kind::BFloat16, tch::Kind::Int64, tch::Kind::Int, tch::Kind::Uint8, tch::Kind::Bool];
+        let written: Vec<(String, Tensor)> = kinds.iter().map(|k| (format!("{k:?}"), base.to_kind(*k))).chain([("empty".to_string(), Tensor::zeros([0], (tch::Kind::Float, tch::Device::Cpu)))]).collect();
+        let state = StateDict { tensors: written.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(), values: state(1).values };
+        let dir = save(run.path(), &tensors(), &state, BATCH, "a\n", None, 1).unwrap();
+        let read = load(&dir).unwrap().state.tensors;
+        for (name, t) in &written {
+            let (_, back) = read.iter().find(|(n, _)| n == name).unwrap();
+            assert_eq!((back.kind(), back.size()), (t.kind(), t.size()), "{name}");
+            assert!(back.equal(t), "{name}");
+        }
+        assert!(std::fs::read_dir(run.path().join(DIR)).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp")));
+    }
+
+    #[test]
     fn a_damaged_or_incomplete_checkpoint_is_skipped() {
         let run = tempfile::tempdir().unwrap();
-        save(run.path(), &tensors(), &state(1), BATCH, "a\n", 3).unwrap();
-        save(run.path(), &tensors(), &state(2), BATCH, "a\n", 3).unwrap();
+        save(run.path(), &tensors(), &state(1), BATCH, "a\n", None, 3).unwrap();
+        save(run.path(), &tensors(), &state(2), BATCH, "a\n", None, 3).unwrap();
         // Step 2's weights lose a byte: step 1 is the newest complete one.
         let model = step_dir(run.path(), 2).join(MODEL);
         let bytes = std::fs::read(&model).unwrap();

@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod events;
+pub mod inputs;
 pub mod optimizer;
 pub mod resume;
 pub mod run_dir;
@@ -70,15 +71,11 @@ pub fn export(recipe: &Recipe, built: setup::Built, started: Instant) -> Result<
     // Checkpoint in Hugging Face layout, with the tokenizer beside it: written
     // into a temporary folder, then renamed over the previous one.
     let part = recipe.run_dir.join(".checkpoint.tmp");
-    if part.exists() {
-        std::fs::remove_dir_all(&part).with_context(|| format!("cannot remove {}", part.display()))?;
+    let written = write_export(&trainer, &tokenizer, &part, &checkpoint);
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&part);
+        return Err(keep_trained_state(&mut trainer, recipe, e));
     }
-    trainer.model.save_pretrained(&part)?;
-    copy_tokenizer_files(&tokenizer, &part)?;
-    if checkpoint.exists() {
-        std::fs::remove_dir_all(&checkpoint).with_context(|| format!("cannot replace {}", checkpoint.display()))?;
-    }
-    std::fs::rename(&part, &checkpoint).with_context(|| format!("cannot rename {} to {}", part.display(), checkpoint.display()))?;
 
     let progress = &trainer.state.progress;
     let fit = &progress.stats;
@@ -111,6 +108,44 @@ pub fn export(recipe: &Recipe, built: setup::Built, started: Instant) -> Result<
     summary.write(&recipe.run_dir)?;
     trainer.folder.discard_aside();
     Ok(RunOutcome { run_dir: recipe.run_dir.clone(), summary, is_main: true })
+}
+
+/// Writes the export into `part` and renames it to `checkpoint`.
+fn write_export(trainer: &Trainer, tokenizer: &Path, part: &Path, checkpoint: &Path) -> Result<()> {
+    if part.exists() {
+        std::fs::remove_dir_all(part).with_context(|| format!("cannot remove {}", part.display()))?;
+    }
+    trainer.model.save_pretrained(part)?;
+    copy_tokenizer_files(tokenizer, part)?;
+    if checkpoint.exists() {
+        std::fs::remove_dir_all(checkpoint).with_context(|| format!("cannot replace {}", checkpoint.display()))?;
+    }
+    std::fs::rename(part, checkpoint).with_context(|| format!("cannot rename {} to {}", part.display(), checkpoint.display()))
+}
+
+/// After a failed export, the trained state is kept where a resume finds it:
+/// the last step's checkpoint in the run folder (written now unless it is
+/// there, as with `training.checkpoint.every: 0`), else, when the run folder
+/// has no room for it, a checkpoint in the system's temporary folder. `err`
+/// gets where it is and how to go on, so a failed export never loses the run.
+fn keep_trained_state(trainer: &mut Trainer, recipe: &Recipe, err: anyhow::Error) -> anyhow::Error {
+    let step = trainer.state.progress.step;
+    let in_run = checkpoint::step_dir(&recipe.run_dir, step);
+    let resume = format!("runner resume {}", recipe.run_dir.display());
+    let kept = if in_run.join("manifest.json").is_file() { Ok(in_run.clone()) } else { trainer.save_checkpoint() };
+    if let Ok(dir) = kept {
+        return err.context(format!("the export failed; the trained state after step {step} is kept in {} ({resume} exports it)", dir.display()));
+    }
+    let spare = std::env::temp_dir().join(format!("runner-{}-{}", recipe.raw.run.name, std::process::id()));
+    match trainer.save_checkpoint_into(&spare) {
+        Ok(dir) => err.context(format!(
+            "the export failed, and the run folder has no room for a checkpoint either; the trained state after step {step} is kept in {}; \
+             move it to {} and run {resume}",
+            dir.display(),
+            in_run.display()
+        )),
+        Err(e) => err.context(format!("the export failed, and the trained state after step {step} could not be kept ({e:#})")),
+    }
 }
 
 /// Copies the tokenizer (and its companions, when present) next to the weights.

@@ -1,6 +1,7 @@
 //! Setting a run up: [`build`] turns a resolved recipe into a [`Trainer`] ready
 //! to fit: the process's place in the job, `hf://` sources, the run folder and
-//! the checkpoint to resume from, the token store's examples, the components,
+//! the checkpoint to resume from (its recipe and inputs compared with this
+//! run's), the token store's examples, the components,
 //! the length of the run, and the state (restored and shared among processes).
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use runner_api::{ColumnSpec, Metric, ModelSource};
 use super::checkpoint::{self, GlobalBatch};
 use super::events::RunEvents;
 use super::optimizer::{AdamW, AdamWConfig};
+use super::inputs::{self, Inputs};
 use super::resume;
 use super::run_dir::{RunDir, Start};
 use super::scaler::{LossScaler, ScalerConfig};
@@ -20,6 +22,7 @@ use super::schedule::LrSchedule;
 use super::state::{Progress, TrainState};
 use super::trainer::{Settings, Trainer};
 use crate::data::examples::Examples;
+use crate::data::store::Manifest;
 use crate::data::{cache, tokenizer, BatchMaker, EvalSet};
 use crate::error::user_msg;
 use crate::precision::ComputeKind;
@@ -75,21 +78,29 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
         _ => None,
     };
     // Refused before anything is written when the recipe changed in a way that matters.
-    if let Some(dir) = &resume_from {
-        let (saved, saved_recipe) = checkpoint::read_state(dir)?;
-        for w in resume::check(&saved_recipe, &recipe_yaml, saved.global_batch, global_batch, saved.step())? {
+    let saved = resume_from.as_deref().map(checkpoint::read_state).transpose()?;
+    if let Some((saved, saved_recipe)) = &saved {
+        for w in resume::check(saved_recipe, &recipe_yaml, saved.global_batch, global_batch, saved.step())? {
             tracing::warn!("{w}");
         }
-    }
-    if main {
-        runner_recipe::fs::atomic_write_bytes(&recipe.run_dir.join("recipe.yaml"), recipe_yaml.as_bytes())?;
     }
 
     // Data: views over the token store, mapped from the token cache or built
     // there (by one process under the store's lock; the others wait and map it).
     let tok = tokenizer::load(&sources.tokenizer)?;
     let vocab = tokenizer::vocab_info(&tok, &sources.tokenizer)?;
-    let (train, held_out) = cached_examples(recipe, &sources, registry, &tok, &vocab)?;
+    let (train, held_out, store) = cached_examples(recipe, &sources, registry, &tok, &vocab)?;
+    // What the run reads besides its recipe: on resume, compared with what it read
+    // when it started, still before anything is written.
+    let inputs = Inputs::read(&store, &sources.tokenizer, sources.checkpoint.as_deref())?;
+    if let Some((saved, _)) = &saved {
+        for w in inputs::check(saved.inputs.as_ref(), &inputs, saved.step())? {
+            tracing::warn!("{w}");
+        }
+    }
+    if main {
+        runner_recipe::fs::atomic_write_bytes(&recipe.run_dir.join("recipe.yaml"), recipe_yaml.as_bytes())?;
+    }
     if train.is_empty() {
         bail!(user_msg(format!(
             "data.train: {} gives no training example of {} tokens (lower data.max_seq_len or add text)",
@@ -232,6 +243,7 @@ pub fn build(recipe: &Recipe, registry: &Registry, start: Start, started: Instan
             checkpoint_every: t.checkpoint.every,
             checkpoint_keep: t.checkpoint.keep,
             recipe_yaml,
+            inputs,
             resume_command: resume_command(&recipe.run_dir, &world),
             device: info.device,
             compute: recipe.precision.compute_kind(),
@@ -320,14 +332,14 @@ fn resume_command(run_dir: &Path, world: &distributed::World) -> String {
 }
 
 /// Train and eval examples: views over the recipe's token store, mapped from
-/// the token cache when it holds it, else built there first.
+/// the token cache when it holds it, else built there first; and the store's manifest.
 fn cached_examples(
     recipe: &Recipe,
     sources: &crate::recipe::Sources,
     registry: &Registry,
     tok: &tokenizers::Tokenizer,
     vocab: &runner_api::VocabInfo,
-) -> Result<(Examples, Examples)> {
+) -> Result<(Examples, Examples, Manifest)> {
     let t0 = Instant::now();
     let store = cache::store(recipe, sources, registry, tok, vocab.vocab_size)?;
     let train = Examples::new(store.train.clone(), recipe.examples, recipe.max_seq_len, recipe.raw.data.document_attention, vocab);
@@ -342,7 +354,7 @@ fn cached_examples(
         store.dir.display(),
         t0.elapsed().as_secs_f64()
     );
-    Ok((train, eval))
+    Ok((train, eval, store.manifest.clone()))
 }
 
 /// The eval columns the metrics produce, with what each means.

@@ -1,5 +1,7 @@
-//! SIGINT and SIGTERM while training: the first asks the loop to finish its
-//! step, write a checkpoint and stop (exit 130 / 143); a second one exits at
+//! SIGINT and SIGTERM while training: the first asks the loop to finish the
+//! step it is in, write a checkpoint and stop (exit 130 / 143), with no further
+//! step and without the step's eval if that has not begun (the resume does it
+//! first; `Trainer::fit`); a second one exits at
 //! once, with one line saying so (files stay whole: every file is written under a temporary name and
 //! renamed). The handlers exist only while [`StopRequests`] lives: before
 //! training (tokenizing, loading) a signal acts as usual, and after it

@@ -12,7 +12,7 @@
 //! a data-parallel run (every process must learn each step whether to stop).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,6 +50,8 @@ pub struct Settings {
     pub checkpoint_keep: usize,
     /// The resolved recipe, saved with each checkpoint.
     pub recipe_yaml: String,
+    /// What the run read besides the recipe, saved with each checkpoint.
+    pub inputs: super::inputs::Inputs,
     /// What to type to continue the run, shown when it is stopped.
     pub resume_command: String,
     pub device: tch::Device,
@@ -178,8 +180,27 @@ impl Trainer {
         Ok(())
     }
 
-    /// Trains from the state's step to the last one.
+    /// Trains from the state's step to the last one. An error that stops it
+    /// (a full disk, a lost peer) says which checkpoint the run keeps.
     pub fn fit(&mut self) -> Result<()> {
+        self.fit_steps().map_err(|e| {
+            let said = e.downcast_ref::<Interrupted>().is_some() || e.downcast_ref::<NonFinite>().is_some();
+            if said || !self.is_main() {
+                return e;
+            }
+            let step = self.state.progress.step;
+            match checkpoint::newest_complete(&self.folder.path).ok().flatten() {
+                Some(dir) => e.context(format!(
+                    "the run stopped after step {step}; its newest complete checkpoint, {}, is kept ({} continues from it)",
+                    dir.display(),
+                    self.settings.resume_command
+                )),
+                None => e.context(format!("the run stopped after step {step}, with no complete checkpoint")),
+            }
+        })
+    }
+
+    fn fit_steps(&mut self) -> Result<()> {
         let started = Instant::now();
         let device = self.settings.device;
         let (rank, world, accum) = (self.collective.rank() as u64, self.world(), self.settings.grad_accum);
@@ -194,12 +215,16 @@ impl Trainer {
         bar.set_position(first);
         let stop = StopRequests::install()?;
         let mut eval_seconds = 0.0;
-        if self.settings.eval_at_start && first == 0 {
+        // The eval at step 0, or the one a run stopped at the end of step `first`
+        // (before its eval) still owes: done now, as the uninterrupted run did it then.
+        let owed = first > 0 && (first == total || (self.settings.eval_every > 0 && first % self.settings.eval_every == 0));
+        let owed = owed && !self.state.progress.rows.last().is_some_and(|r| r.step == first && !r.eval.is_empty());
+        if (self.settings.eval_at_start && first == 0) || owed {
             let t = Instant::now();
-            let shown = self.eval_row(0, 0.0)?;
+            let shown = self.eval_row(first, 0.0)?;
             eval_seconds += t.elapsed().as_secs_f64();
             self.state.progress.stats.eval_seconds += t.elapsed().as_secs_f64();
-            bar.suspend(|| tracing::info!("step 0: {shown}"));
+            bar.suspend(|| tracing::info!("step {first}: {shown}"));
         }
         // Training time of the current log window; eval time is kept out of it.
         let (mut window_secs, mut window_start) = (0.0, Instant::now());
@@ -280,8 +305,14 @@ impl Trainer {
                 self.state.progress.window.steps += 1;
             }
             bar.set_position(done);
+            // A stop asked for during this step ends the run after it, before its eval.
+            // Several processes decide it together, in the step's all-reduce (a signal
+            // that comes after it is seen at the next step); one process also sees a
+            // signal that came after that point, up to now.
+            let asked = if world == 1 { asked.or(stop.received()) } else { asked };
+            let stopping = stops > 0.0 || asked.is_some();
             let due = self.settings.eval_every > 0 && done % self.settings.eval_every == 0;
-            let checkpoint_due = stops > 0.0 || (self.settings.checkpoint_every > 0 && done % self.settings.checkpoint_every == 0);
+            let checkpoint_due = stopping || (self.settings.checkpoint_every > 0 && done % self.settings.checkpoint_every == 0);
             if done % self.settings.log_every == 0 || done == total || due || checkpoint_due {
                 self.settle(&mut unread)?;
             }
@@ -312,8 +343,8 @@ impl Trainer {
                 window_secs = 0.0;
                 window_start = Instant::now();
             }
-            // 6. eval (always at the end)
-            if due || done == total {
+            // 6. eval (always at the end), unless stopping: a resume does it first
+            if (due || done == total) && !stopping {
                 window_secs += window_start.elapsed().as_secs_f64();
                 let t = Instant::now();
                 let shown = self.eval_row(done, started.elapsed().as_secs_f64())?;
@@ -322,12 +353,16 @@ impl Trainer {
                 bar.suspend(|| tracing::info!("step {done}: {shown}"));
                 window_start = Instant::now();
             }
+            // A signal during this step's eval stops the run after it (one process).
+            let asked = if world == 1 { asked.or(stop.received()) } else { asked };
+            let stopping = stopping || asked.is_some();
             // 7. checkpoint: when due, or when a signal asked to stop
-            if checkpoint_due {
+            if checkpoint_due || stopping {
+                self.settle(&mut unread)?;
                 window_secs += window_start.elapsed().as_secs_f64();
                 let saved = if self.is_main() { Some(bar.suspend(|| self.save_checkpoint())?) } else { None };
                 window_start = Instant::now();
-                if stops > 0.0 {
+                if stopping {
                     bar.abandon();
                     // The signal this process got; another process's when it got none.
                     let signal = asked.unwrap_or(if interrupts > 0.0 { libc::SIGINT } else { libc::SIGTERM });
@@ -383,13 +418,19 @@ impl Trainer {
     /// Writes `checkpoints/step-N/` for the current state (first process only).
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let t = Instant::now();
-        let model: Vec<(String, tch::Tensor)> = self.model.parameters()?.into_iter().map(|p| (p.name, p.tensor)).collect();
-        let state = self.state.state_dict()?;
-        let s = &self.settings;
-        let dir = checkpoint::save(&self.folder.path, &model, &state, s.global_batch, &s.recipe_yaml, s.checkpoint_keep)?;
+        let dir = self.save_checkpoint_into(&self.folder.path.clone())?;
         self.folder.discard_aside();
         tracing::info!("checkpoint after step {} written to {} in {:.1}s", self.state.progress.step, dir.display(), t.elapsed().as_secs_f64());
         Ok(dir)
+    }
+
+    /// Writes `<root>/checkpoints/step-N/` for the current state: the run
+    /// folder's, or a spare one when that has no room ([`super::export`]).
+    pub fn save_checkpoint_into(&self, root: &Path) -> Result<PathBuf> {
+        let model: Vec<(String, tch::Tensor)> = self.model.parameters()?.into_iter().map(|p| (p.name, p.tensor)).collect();
+        let state = self.state.state_dict()?;
+        let s = &self.settings;
+        checkpoint::save(root, &model, &state, s.global_batch, &s.recipe_yaml, Some(&s.inputs), s.checkpoint_keep)
     }
 
     /// Takes the parameters and state of a checkpoint (whose recipe [`resume::check`] accepted).
@@ -444,12 +485,12 @@ impl Trainer {
             shown += &format!(" and {} more", docs.len() - SHOWN);
         }
         let last = checkpoint::newest_complete(&self.folder.path).ok().flatten();
-        anyhow::anyhow!(
+        NonFinite::error(format!(
             "training loss became {loss} at step {}; last good checkpoint: {}; the step's batches came from training documents {shown} \
              (counted from 0 in corpus order, held-out documents left out); lower training.lr, set training.max_grad_norm, or check that text",
             step + 1,
             last.map_or_else(|| "none (training.checkpoint.every)".to_string(), |d| d.display().to_string()),
-        )
+        ))
     }
 
     /// Sums a few numbers over every process (itself alone with one process).
@@ -463,3 +504,21 @@ impl Trainer {
         Ok(summed.try_into().expect("same length"))
     }
 }
+
+/// A loss that is not a number: its message already names the checkpoint kept.
+#[derive(Debug)]
+struct NonFinite(String);
+
+impl NonFinite {
+    fn error(message: String) -> anyhow::Error {
+        anyhow::Error::new(NonFinite(message))
+    }
+}
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NonFinite {}
