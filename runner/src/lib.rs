@@ -1,5 +1,5 @@
 //! `runner`: a declarative experiment runner for masked-language-model
-//! pretraining of BERT on libtorch.
+//! pretraining of BERT-family encoders on libtorch.
 //!
 //! Where things happen:
 //! - a recipe is parsed and checked in [`recipe`];
@@ -11,6 +11,7 @@
 //! - a template becomes many runs in [`sweep`]; runs become one table and plot in
 //!   [`report::table`] and [`report::plot`].
 
+pub mod allocator;
 pub mod autocast;
 pub mod c10_log;
 pub mod cli;

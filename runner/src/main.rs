@@ -22,6 +22,8 @@ fn main() -> ExitCode {
     }));
     // No C++ stack in libtorch's error texts, before anything can make one.
     runner::c10_log::init();
+    // Freed tensor memory stays in the heap for the next step (see the module).
+    runner::allocator::keep_freed_memory();
     let cli = runner::cli::Cli::parse();
     runner::cli::init_logging(cli.verbose);
     match runner::cli::dispatch(cli) {
