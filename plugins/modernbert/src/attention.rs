@@ -20,7 +20,11 @@ use tch::{Device, Kind, Tensor};
 use runner_encoder::documents::{keys_within, with_self_if_empty};
 use runner_encoder::layers::Pass;
 
-/// Rotary position embeddings of one layer type: `cos` and `sin` (1 or B, T, head_dim).
+/// Rotary position embeddings of one layer type: `cos` and `sin` (1 or B, T,
+/// head_dim), `sin` with its first half negated, so that the rotation is
+/// `x * cos + swap(x) * sin` where `swap` exchanges the two halves of `x`
+/// (transformers' `rotate_half` with the sign moved into `sin`: the same
+/// products, bit for bit, with no slices to zero-fill in the backward pass).
 pub struct Rotary {
     cos: Tensor,
     sin: Tensor,
@@ -33,18 +37,18 @@ impl Rotary {
         let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Float, device)) / head_dim as f64;
         let inv_freq = Tensor::from(theta as f32).to_device(device).pow(&exponents).reciprocal(); // (d/2,)
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq; // (.., T, d/2)
-        let emb = Tensor::cat(&[&freqs, &freqs], -1); // (.., T, d)
-        Rotary { cos: emb.cos(), sin: emb.sin() }
+        let sin = freqs.sin();
+        Rotary { cos: Tensor::cat(&[&freqs, &freqs], -1).cos(), sin: Tensor::cat(&[-&sin, sin], -1) }
     }
 
     /// `x` (B, nh, T, hd) rotated, computed in float32 and returned in `x`'s kind.
     pub fn apply(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         let x = x.to_kind(Kind::Float);
-        let half = x.size()[3] / 2;
-        let rotated = Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], 3);
+        let (b, nh, t, hd) = x.size4().expect("x is (B, nh, T, hd)");
+        let swapped = x.view([b, nh, t, 2, hd / 2]).flip([3]).view([b, nh, t, hd]);
         let (cos, sin) = (self.cos.unsqueeze(1), self.sin.unsqueeze(1)); // (.., 1, T, hd)
-        (x * cos + rotated * sin).to_kind(kind)
+        (x * cos + swapped * sin).to_kind(kind)
     }
 }
 
