@@ -9,33 +9,15 @@ pub use runner_encoder::{config, dropout};
 use std::path::Path;
 
 use anyhow::Result;
-use serde::Deserialize;
 use tch::nn::VarStore;
 
-use runner_api::{
-    parse_options, Component, Factory, MlmModel, ModelSource, ParamDoc,
-    Registrar,
-};
+use runner_api::{Component, Factory, MlmModel, ModelSource, ParamDoc, Registrar};
 pub use runner_encoder::model::Mlm;
 use runner_encoder::model::Family;
+use runner_encoder::options::{ModelOptions, Start};
 
 pub use config::BertConfig;
 pub use model::BertForMaskedLm;
-
-/// `model.options` in a recipe.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BertOptions {
-    /// Architecture preset for random initialisation (`bert-base`, ...).
-    preset: Option<String>,
-    /// Overrides of `config.json` fields (dropout, sizes, ...).
-    #[serde(default)]
-    config: serde_yaml::Mapping,
-    /// Tensors (names or prefixes) the checkpoint may lack; they start fresh.
-    /// The MLM head (`cls.`) always may.
-    #[serde(default)]
-    allow_missing: Vec<String>,
-}
 
 /// A BERT masked LM with its weights.
 pub struct Bert {
@@ -102,20 +84,15 @@ impl Family for Bert {
 }
 
 fn check_options(options: &runner_api::Options) -> Result<()> {
-    let opts: BertOptions = parse_options(options)?;
-    let base = BertConfig::preset(opts.preset.as_deref().unwrap_or("bert-base"))?;
-    base.with_overrides(&opts.config).map(|_| ())
+    let opts = ModelOptions::parse(options)?;
+    BertConfig::preset(opts.preset_or("bert-base"))?.with_overrides(&opts.config).map(|_| ())
 }
 
 fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
-    let opts: BertOptions = parse_options(source.options)?;
-    let bert = match (source.checkpoint, &opts.preset) {
-        (Some(dir), None) => Bert::from_pretrained_allowing(dir, &opts.config, &opts.allow_missing, source.device)?,
-        (None, preset) => {
-            let base = BertConfig::preset(preset.as_deref().unwrap_or("bert-base"))?;
-            Bert::from_config(base.with_overrides(&opts.config)?, source.device)
-        }
-        (Some(_), Some(_)) => anyhow::bail!("preset: give either a checkpoint or a preset, not both"),
+    let opts = ModelOptions::parse(source.options)?;
+    let bert = match opts.start(source.checkpoint, "bert-base")? {
+        Start::Checkpoint(dir) => Bert::from_pretrained_allowing(dir, &opts.config, &opts.allow_missing, source.device)?,
+        Start::Preset(name) => Bert::from_config(BertConfig::preset(name)?.with_overrides(&opts.config)?, source.device),
     };
     Ok(Box::new(Mlm(bert)))
 }

@@ -7,15 +7,12 @@ pub mod model;
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
-use serde::Deserialize;
+use anyhow::Result;
 use tch::nn::VarStore;
 
-use runner_api::{
-    parse_options, Component, Factory, MlmModel, ModelSource, ParamDoc,
-    Registrar,
-};
+use runner_api::{Component, Factory, MlmModel, ModelSource, ParamDoc, Registrar};
 use runner_encoder::model::{Family, Mlm};
+use runner_encoder::options::{ModelOptions, Start};
 use runner_encoder::weights::{self, Naming};
 
 pub use config::DistilBertConfig;
@@ -34,21 +31,6 @@ fn canonical_name(name: &str) -> Option<String> {
     }
     let ignored = name.ends_with("position_ids") || name == "vocab_projector.weight"; // tied to the word embeddings
     (!ignored).then_some(name)
-}
-
-/// `model.options` in a recipe.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DistilBertOptions {
-    /// Architecture preset for random initialisation (`distilbert-base`).
-    preset: Option<String>,
-    /// Overrides of `config.json` fields (dropout, sizes, ...).
-    #[serde(default)]
-    config: serde_yaml::Mapping,
-    /// Tensors (names or prefixes) the checkpoint may lack; they start fresh.
-    /// The MLM head (`vocab_`) always may.
-    #[serde(default)]
-    allow_missing: Vec<String>,
 }
 
 /// A DistilBERT masked LM with its weights.
@@ -108,20 +90,15 @@ impl Family for DistilBert {
 }
 
 fn check_options(options: &runner_api::Options) -> Result<()> {
-    let opts: DistilBertOptions = parse_options(options)?;
-    let base = DistilBertConfig::preset(opts.preset.as_deref().unwrap_or("distilbert-base"))?;
-    base.with_overrides(&opts.config).map(|_| ())
+    let opts = ModelOptions::parse(options)?;
+    DistilBertConfig::preset(opts.preset_or("distilbert-base"))?.with_overrides(&opts.config).map(|_| ())
 }
 
 fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
-    let opts: DistilBertOptions = parse_options(source.options)?;
-    let model = match (source.checkpoint, &opts.preset) {
-        (Some(dir), None) => DistilBert::from_pretrained(dir, &opts.config, &opts.allow_missing, source.device)?,
-        (None, preset) => {
-            let base = DistilBertConfig::preset(preset.as_deref().unwrap_or("distilbert-base"))?;
-            DistilBert::from_config(base.with_overrides(&opts.config)?, source.device)
-        }
-        (Some(_), Some(_)) => bail!("preset: give either a checkpoint or a preset, not both"),
+    let opts = ModelOptions::parse(source.options)?;
+    let model = match opts.start(source.checkpoint, "distilbert-base")? {
+        Start::Checkpoint(dir) => DistilBert::from_pretrained(dir, &opts.config, &opts.allow_missing, source.device)?,
+        Start::Preset(name) => DistilBert::from_config(DistilBertConfig::preset(name)?.with_overrides(&opts.config)?, source.device),
     };
     Ok(Box::new(Mlm(model)))
 }

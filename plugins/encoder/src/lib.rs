@@ -1,6 +1,7 @@
-//! What the encoder model plugins (`bert`, `roberta`, `distilbert`) share: the
+//! What the encoder model plugins (`bert`, `roberta`, `distilbert`,
+//! `modernbert`) share: the
 //! layers and the masked-LM pass (`layers.rs`), keyed dropout (`dropout.rs`),
-//! rows of several documents (`documents.rs`),
+//! rows of several documents (`documents.rs`), `model.options` (`options.rs`),
 //! the BERT-style `config.json` (`config.rs`, which RoBERTa's also is), the
 //! matching of checkpoint tensors and the safetensors export (`weights.rs`),
 //! the variables as parameters (`store.rs`), and the `MlmModel` contract
@@ -13,5 +14,6 @@ pub mod documents;
 pub mod dropout;
 pub mod layers;
 pub mod model;
+pub mod options;
 pub mod store;
 pub mod weights;

@@ -9,12 +9,12 @@ pub mod model;
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
-use serde::Deserialize;
+use anyhow::Result;
 use tch::nn::VarStore;
 
-use runner_api::{parse_options, Component, Factory, MlmModel, ModelSource, ParamDoc, Registrar};
+use runner_api::{Component, Factory, MlmModel, ModelSource, ParamDoc, Registrar};
 use runner_encoder::model::{Family, Mlm};
+use runner_encoder::options::{ModelOptions, Start};
 use runner_encoder::weights::{self, Naming};
 
 pub use config::ModernBertConfig;
@@ -31,21 +31,6 @@ fn canonical_name(name: &str) -> Option<String> {
     let name = if bare.iter().any(|p| name.starts_with(p)) { format!("model.{name}") } else { name.to_string() };
     let ignored = name == "decoder.weight" || name.starts_with("classifier.");
     (!ignored).then_some(name)
-}
-
-/// `model.options` in a recipe.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModernBertOptions {
-    /// Architecture preset for random initialisation (`modernbert-base`, ...).
-    preset: Option<String>,
-    /// Overrides of `config.json` fields (dropout, window, sizes, ...).
-    #[serde(default)]
-    config: serde_yaml::Mapping,
-    /// Tensors (names or prefixes) the checkpoint may lack; they start fresh.
-    /// The MLM head (`head.`, `decoder.`) always may.
-    #[serde(default)]
-    allow_missing: Vec<String>,
 }
 
 /// A ModernBERT masked LM with its weights.
@@ -99,28 +84,23 @@ impl Family for ModernBert {
 }
 
 fn check_options(options: &runner_api::Options) -> Result<()> {
-    let opts: ModernBertOptions = parse_options(options)?;
-    let base = ModernBertConfig::preset(opts.preset.as_deref().unwrap_or("modernbert-base"))?;
-    base.with_overrides(&opts.config).map(|_| ())
+    let opts = ModelOptions::parse(options)?;
+    ModernBertConfig::preset(opts.preset_or("modernbert-base"))?.with_overrides(&opts.config).map(|_| ())
 }
 
 /// The options against a checkpoint's `config.json`: overrides that only
 /// that config makes wrong (a window wider than its context) are found too.
 fn check_checkpoint(options: &runner_api::Options, dir: &Path) -> Result<()> {
-    let opts: ModernBertOptions = parse_options(options)?;
+    let opts = ModelOptions::parse(options)?;
     let (config, _) = ModernBertConfig::from_file(&dir.join("config.json"))?;
     config.with_overrides(&opts.config).map(|_| ())
 }
 
 fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
-    let opts: ModernBertOptions = parse_options(source.options)?;
-    let modernbert = match (source.checkpoint, &opts.preset) {
-        (Some(dir), None) => ModernBert::from_pretrained(dir, &opts.config, &opts.allow_missing, source.device)?,
-        (None, preset) => {
-            let base = ModernBertConfig::preset(preset.as_deref().unwrap_or("modernbert-base"))?;
-            ModernBert::from_config(base.with_overrides(&opts.config)?, source.device)
-        }
-        (Some(_), Some(_)) => bail!("preset: give either a checkpoint or a preset, not both"),
+    let opts = ModelOptions::parse(source.options)?;
+    let modernbert = match opts.start(source.checkpoint, "modernbert-base")? {
+        Start::Checkpoint(dir) => ModernBert::from_pretrained(dir, &opts.config, &opts.allow_missing, source.device)?,
+        Start::Preset(name) => ModernBert::from_config(ModernBertConfig::preset(name)?.with_overrides(&opts.config)?, source.device),
     };
     Ok(Box::new(Mlm(modernbert)))
 }

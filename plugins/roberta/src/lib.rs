@@ -7,15 +7,12 @@ pub mod model;
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use serde::Deserialize;
 use tch::nn::VarStore;
 
-use runner_api::{
-    parse_options, Component, Factory, MlmModel, ModelSource, ParamDoc,
-    Registrar,
-};
+use runner_api::{Component, Factory, MlmModel, ModelSource, ParamDoc, Registrar};
 use runner_encoder::config::BertConfig;
 use runner_encoder::model::{Family, Mlm};
+use runner_encoder::options::{ModelOptions, Start};
 use runner_encoder::weights::{self, Naming};
 
 pub use model::RobertaForMaskedLm;
@@ -79,21 +76,6 @@ fn canonical_name(name: &str) -> Option<String> {
         || name.ends_with("embeddings.token_type_ids")
         || name == "lm_head.decoder.weight"; // tied to the word embeddings
     (!ignored).then_some(name)
-}
-
-/// `model.options` in a recipe.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RobertaOptions {
-    /// Architecture preset for random initialisation (`roberta-base`, ...).
-    preset: Option<String>,
-    /// Overrides of `config.json` fields (dropout, sizes, ...).
-    #[serde(default)]
-    config: serde_yaml::Mapping,
-    /// Tensors (names or prefixes) the checkpoint may lack; they start fresh.
-    /// The MLM head (`lm_head.`) always may.
-    #[serde(default)]
-    allow_missing: Vec<String>,
 }
 
 /// A RoBERTa or XLM-RoBERTa masked LM with its weights.
@@ -165,20 +147,19 @@ impl Family for Roberta {
 }
 
 fn check_options(options: &runner_api::Options) -> Result<()> {
-    let opts: RobertaOptions = parse_options(options)?;
-    let (base, _) = preset(opts.preset.as_deref().unwrap_or("roberta-base"))?;
+    let opts = ModelOptions::parse(options)?;
+    let (base, _) = preset(opts.preset_or("roberta-base"))?;
     base.with_overrides(&opts.config).map(|_| ())
 }
 
 fn build(source: &ModelSource) -> Result<Box<dyn MlmModel>> {
-    let opts: RobertaOptions = parse_options(source.options)?;
-    let roberta = match (source.checkpoint, &opts.preset) {
-        (Some(dir), None) => Roberta::from_pretrained(dir, &opts.config, &opts.allow_missing, source.device)?,
-        (None, preset_name) => {
-            let (base, model_type) = preset(preset_name.as_deref().unwrap_or("roberta-base"))?;
+    let opts = ModelOptions::parse(source.options)?;
+    let roberta = match opts.start(source.checkpoint, "roberta-base")? {
+        Start::Checkpoint(dir) => Roberta::from_pretrained(dir, &opts.config, &opts.allow_missing, source.device)?,
+        Start::Preset(name) => {
+            let (base, model_type) = preset(name)?;
             Roberta::from_config(base.with_overrides(&opts.config)?, model_type, source.device)?
         }
-        (Some(_), Some(_)) => bail!("preset: give either a checkpoint or a preset, not both"),
     };
     Ok(Box::new(Mlm(roberta)))
 }
