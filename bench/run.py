@@ -289,7 +289,8 @@ def table(results):
     lines = [
         f"Machine: {results['cpu']}, {results['threads']} threads; matmul peak "
         + ", ".join(f"{p} {g:.0f}" for p, g in peak.items()) + " GFLOP/s; "
-        f"median of {results['repeats']} runs, {results['steps']} measured steps after {results['warmup']} warm-up",
+        f"median of {results['repeats']} runs, {results['steps']} measured steps after {results['warmup']} warm-up"
+        + (f" (random-init shapes: {max(3, results['steps'] // 4)} after 1)" if any(r['model'] != 'minilm-l6' for r in rows) else ""),
         "",
         "| model | batch | precision | who | tokens/s | vs hf | vs sparse | eval loss | eval loss vs hf | peak RSS MB | MFU |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -360,6 +361,7 @@ def main():
     ap.add_argument("--modernbert", action="store_true")
     ap.add_argument("--skip-extras", action="store_true", help="only the model rows: no start-up, line-by-line or data-parallel figures")
     ap.add_argument("--skip-minilm", action="store_true", help="leave out the MiniLM-L6 rows (with --modernbert and friends)")
+    ap.add_argument("--skip-long", action="store_true", help="with --modernbert: leave out the 1024/4096-token local-vs-global runs")
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="MiniLM-L6 precisions to run (bf16 is emulated, and slow, on CPUs without bf16 units)")
     ap.add_argument("--name", default="latest", help="results go to bench/results/NAME.{json,md,png}")
@@ -439,7 +441,7 @@ def main():
                     r["model"], r["batch"] = name, batch
                     r["mfu"] = r["tokens_per_s"] * train_flops_per_token(mcfg, who, config[7]) / (peak[precision] * 1e9)
                     results["rows"].append(r)
-        if args.modernbert:
+        if args.modernbert and not args.skip_long:
             results["long_context"] = long_context(args, docs)
         if not args.skip_extras:
             results["startup"] = {"corpus": "python-docs, 3.2M tokens", **startup_seconds(args, {"train": DOCS, "eval": docs["eval"]}, start)}
